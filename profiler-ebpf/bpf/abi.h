@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * abi.h - the one definition of what the kernel side hands to user space.
+ *
+ * Every record, map and constant shared between profile.bpf.c and the Rust
+ * loader lives here. The Rust mirror is `profiler_ebpf::abi`; its layout test
+ * compiles against the offsets asserted below, so a change here that is not
+ * made there fails the build of one side or the test of the other.
+ *
+ * Our own types carry the `rprof_` prefix: the kernel already has a
+ * `struct sample` and friends, and BTF dedup would otherwise mix them up.
+ */
+#ifndef RPROF_ABI_H
+#define RPROF_ABI_H
+
+/* Frames kept per stack. 127 is the kernel's sysctl_perf_event_max_stack default. */
+#define RPROF_MAX_FRAMES 127
+/* Bytes of a task's comm, as TASK_COMM_LEN. */
+#define RPROF_COMM_LEN 16
+/* Processes the --pid filter can hold. */
+#define RPROF_MAX_TARGETS 1024
+
+/* rprof_sample.flags */
+#define RPROF_FLAG_USER_STACK_ERR   (1u << 0) /* bpf_get_stack for user failed */
+#define RPROF_FLAG_KERNEL_STACK_ERR (1u << 1) /* bpf_get_stack for kernel failed */
+
+/*
+ * One sample, one ring-buffer record. The size is fixed so the program can
+ * bpf_ringbuf_reserve it and let bpf_get_stack write straight into it: no
+ * per-CPU scratch copy on the hot path. Unused frame slots are garbage;
+ * user_frames/kernel_frames say how many are valid.
+ */
+struct rprof_sample {
+	__u32 pid;            /* tgid: the process */
+	__u32 tid;            /* the thread */
+	__u32 cpu;
+	__u32 flags;          /* RPROF_FLAG_* */
+	__u64 time_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 period;         /* the event's sample period (ns for cpu-clock) */
+	/*
+	 * The word at the user stack pointer when the sample hit user code, else
+	 * 0. In a function without a frame of its own (most leaves: compilers
+	 * skip the frame-pointer setup there) this is the return address that
+	 * the frame-pointer chain misses; user space decides whether it is one.
+	 */
+	__u64 user_sp_word;
+	__u32 user_frames;    /* valid entries in user_stack */
+	__u32 kernel_frames;  /* valid entries in kernel_stack */
+	char comm[RPROF_COMM_LEN]; /* thread name */
+	__u64 user_stack[RPROF_MAX_FRAMES];
+	__u64 kernel_stack[RPROF_MAX_FRAMES];
+};
+
+/* Layout facts the Rust mirror asserts too. */
+_Static_assert(sizeof(struct rprof_sample) == 64 + 2 * 8 * RPROF_MAX_FRAMES,
+	       "rprof_sample size changed: update profiler-ebpf/src/abi.rs");
+_Static_assert(__builtin_offsetof(struct rprof_sample, comm) == 48,
+	       "rprof_sample.comm moved: update profiler-ebpf/src/abi.rs");
+_Static_assert(__builtin_offsetof(struct rprof_sample, user_stack) == 64,
+	       "rprof_sample.user_stack moved: update profiler-ebpf/src/abi.rs");
+
+/* Names user space uses to find maps and globals in the object. */
+#define RPROF_MAP_SAMPLES "samples"
+#define RPROF_MAP_TARGETS "targets"
+#define RPROF_MAP_DROPS   "drops"
+/* .rodata globals the loader sets: filter_pids, capture_kernel, wakeup_bytes. */
+
+#endif /* RPROF_ABI_H */

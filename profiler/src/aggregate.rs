@@ -1,0 +1,140 @@
+//! Aggregation: raw samples folded into counted stacks.
+//!
+//! The key is (pid, tid, user stack, kernel stack), so per-thread labels
+//! survive while identical samples cost one entry.
+
+use std::collections::HashMap;
+
+use profiler_ebpf::abi::{Sample, FLAG_USER_STACK_ERR};
+
+/// What identifies one aggregated stack.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub pid: u32,
+    pub tid: u32,
+    /// User frames, innermost first (runtime addresses).
+    pub user: Box<[u64]>,
+    /// Kernel frames, innermost first.
+    pub kernel: Box<[u64]>,
+}
+
+/// How often a stack was seen and how much event weight it carries (ns of
+/// CPU for cpu-clock, cycles for the PMU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub samples: u64,
+    pub weight: u64,
+}
+
+/// Counted stacks plus the names of the threads they came from.
+#[derive(Default)]
+pub struct Aggregate {
+    stacks: HashMap<StackKey, Counts>,
+    threads: HashMap<u32, String>,
+    samples: u64,
+    user_stack_errors: u64,
+}
+
+impl Aggregate {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one sample with its (possibly repaired) user stack. Returns
+    /// true when the stack was not seen before, so the caller can check new
+    /// addresses against the process's mappings while it is still alive.
+    pub fn add(&mut self, s: &Sample, user: &[u64]) -> bool {
+        self.samples += 1;
+        if s.flags & FLAG_USER_STACK_ERR != 0 {
+            self.user_stack_errors += 1;
+        }
+        if !self.threads.contains_key(&s.tid) {
+            let comm = String::from_utf8_lossy(s.comm()).into_owned();
+            self.threads.insert(s.tid, comm);
+        }
+        let key = StackKey {
+            pid: s.pid,
+            tid: s.tid,
+            user: user.into(),
+            kernel: s.kernel_stack().into(),
+        };
+        let mut new = false;
+        let c = self.stacks.entry(key).or_insert_with(|| {
+            new = true;
+            Counts::default()
+        });
+        c.samples += 1;
+        c.weight += s.period;
+        new
+    }
+
+    /// Every distinct stack and its counts.
+    pub fn stacks(&self) -> impl Iterator<Item = (&StackKey, &Counts)> {
+        self.stacks.iter()
+    }
+
+    /// Thread name as the kernel reported it in the first sample of `tid`.
+    pub fn thread_name(&self, tid: u32) -> Option<&str> {
+        self.threads.get(&tid).map(String::as_str)
+    }
+
+    /// Samples added.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// Samples whose user stack could not be read.
+    pub fn user_stack_errors(&self) -> u64 {
+        self.user_stack_errors
+    }
+
+    /// Distinct processes seen.
+    pub fn pids(&self) -> std::collections::BTreeSet<u32> {
+        self.stacks.keys().map(|k| k.pid).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use profiler_ebpf::abi::{COMM_LEN, MAX_FRAMES};
+
+    fn sample(pid: u32, tid: u32, user: &[u64]) -> Sample {
+        let mut s = Sample {
+            pid,
+            tid,
+            cpu: 0,
+            flags: 0,
+            time_ns: 0,
+            period: 10_000_000,
+            user_sp_word: 0,
+            user_frames: user.len() as u32,
+            kernel_frames: 0,
+            comm: [0; COMM_LEN],
+            user_stack: [0; MAX_FRAMES],
+            kernel_stack: [0; MAX_FRAMES],
+        };
+        s.user_stack[..user.len()].copy_from_slice(user);
+        s.comm[..4].copy_from_slice(b"work");
+        s
+    }
+
+    fn add(a: &mut Aggregate, s: &Sample) -> bool {
+        a.add(s, s.user_stack())
+    }
+
+    #[test]
+    fn folds_identical_stacks_and_keeps_threads_apart() {
+        let mut a = Aggregate::new();
+        assert!(add(&mut a, &sample(1, 1, &[0x10, 0x20])));
+        assert!(!add(&mut a, &sample(1, 1, &[0x10, 0x20])));
+        assert!(add(&mut a, &sample(1, 2, &[0x10, 0x20])));
+        assert!(add(&mut a, &sample(1, 1, &[0x10])));
+        assert_eq!(a.samples(), 4);
+        assert_eq!(a.stacks().count(), 3);
+        let total: u64 = a.stacks().map(|(_, c)| c.weight).sum();
+        assert_eq!(total, 40_000_000);
+        assert_eq!(a.thread_name(2), Some("work"));
+        assert_eq!(a.pids().into_iter().collect::<Vec<_>>(), vec![1]);
+    }
+}

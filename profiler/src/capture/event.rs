@@ -1,0 +1,73 @@
+//! Which perf event drives sampling, and attaching the program to it on
+//! every online CPU.
+
+use aya::programs::perf_event::{
+    HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
+};
+use aya::programs::PerfEvent;
+
+use super::CaptureError;
+
+/// The sampling clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Event {
+    /// The software CPU clock: a timer per CPU, available everywhere,
+    /// including VMs without a virtual PMU.
+    #[value(name = "cpu-clock")]
+    CpuClock,
+    /// The hardware cycle counter (PMU). Weighs samples by cycles spent.
+    #[value(name = "cycles")]
+    Cycles,
+}
+
+impl Event {
+    /// Name as users and pprof's `period_type` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::CpuClock => "cpu-clock",
+            Event::Cycles => "cycles",
+        }
+    }
+
+    fn config(self) -> PerfEventConfig {
+        match self {
+            Event::CpuClock => PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            Event::Cycles => PerfEventConfig::Hardware(HardwareEvent::CpuCycles),
+        }
+    }
+}
+
+/// Attaches `prog` on every CPU in `cpus` at `frequency` Hz. If `event` is
+/// the PMU and the first CPU refuses it, falls back to cpu-clock and says so
+/// through the returned event.
+pub fn attach_all(
+    prog: &mut PerfEvent,
+    event: Event,
+    frequency: u64,
+    cpus: &[u32],
+) -> Result<Event, CaptureError> {
+    let mut used = event;
+    for (i, &cpu) in cpus.iter().enumerate() {
+        let attach = |prog: &mut PerfEvent, ev: Event| {
+            prog.attach(
+                ev.config(),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(frequency),
+                false,
+            )
+        };
+        match attach(prog, used) {
+            Ok(_) => {}
+            Err(e) if i == 0 && used == Event::Cycles => {
+                eprintln!(
+                    "warning: the cycles event is unavailable here ({}); sampling on cpu-clock instead",
+                    super::root_cause(&e)
+                );
+                used = Event::CpuClock;
+                attach(prog, used).map_err(|e| CaptureError::attach(cpu, used, e))?;
+            }
+            Err(e) => return Err(CaptureError::attach(cpu, used, e)),
+        }
+    }
+    Ok(used)
+}

@@ -1,0 +1,257 @@
+//! Capture: load the BPF program, attach it to a perf event on every CPU and
+//! drain its ring buffer.
+//!
+//! The public surface is [`Capture::start`], which does everything that can
+//! fail up front, and [`Capture::run`], which drains samples until a
+//! deadline, a signal, or the exit of every target.
+
+mod event;
+
+pub use event::Event;
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::PerfEvent;
+use aya::{Ebpf, EbpfLoader};
+use profiler_ebpf::abi::{self, Sample};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
+
+/// What to capture.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// Processes to sample (tgids); empty means every process.
+    pub pids: Vec<u32>,
+    /// Samples per second per CPU.
+    pub frequency: u64,
+    /// The event that drives sampling.
+    pub event: Event,
+    /// Whether to capture kernel stacks too.
+    pub kernel: bool,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_bytes: u32,
+}
+
+/// Why a capture could not start. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("loading the BPF program failed: {0}\nhint: the kernel needs BPF, BTF and ring buffers (Linux 5.8+), and we need CAP_BPF and CAP_PERFMON (or root)")]
+    Load(String),
+    #[error("attaching the {event} event on CPU {cpu} failed: {reason}\nhint: check /proc/sys/kernel/perf_event_paranoid and that we have CAP_PERFMON (or root)")]
+    Attach {
+        cpu: u32,
+        event: &'static str,
+        reason: String,
+    },
+    #[error("cannot list online CPUs: {0}")]
+    Cpus(String),
+    #[error("reading the ring buffer failed: {0}")]
+    Ring(#[from] std::io::Error),
+}
+
+impl CaptureError {
+    fn attach(cpu: u32, event: Event, e: impl std::error::Error) -> Self {
+        CaptureError::Attach {
+            cpu,
+            event: event.name(),
+            reason: root_cause(&e),
+        }
+    }
+}
+
+/// The innermost cause of an error chain, which is where aya puts the errno.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg = format!("{msg}: {s}");
+        cur = s.source();
+    }
+    msg
+}
+
+/// Why [`Capture::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The requested duration elapsed.
+    Deadline,
+    /// SIGINT or SIGTERM.
+    Signal(&'static str),
+    /// Every target process exited.
+    TargetsExited,
+}
+
+/// Counters the capture keeps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaptureStats {
+    /// Records read from the ring buffer.
+    pub samples: u64,
+    /// Samples the kernel side could not queue (ring buffer full).
+    pub lost: u64,
+}
+
+/// A loaded, attached program and its ring buffer.
+pub struct Capture {
+    /// Owns the program and its perf-event links: dropping it detaches.
+    bpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    /// The event actually in use (cycles may have fallen back to cpu-clock).
+    pub event: Event,
+    config: CaptureConfig,
+    stats: CaptureStats,
+}
+
+/// How often progress is reported and targets are checked for exit; also
+/// the longest a record waits in the ring before it is read.
+const TICK: Duration = Duration::from_millis(200);
+
+impl Capture {
+    /// Loads the program, fills the pid filter and attaches to every online
+    /// CPU. Sampling starts when this returns.
+    pub fn start(config: CaptureConfig) -> Result<Capture, CaptureError> {
+        let filter = u8::from(!config.pids.is_empty());
+        let kernel = u8::from(config.kernel);
+        let wakeup = u64::from(config.ring_bytes / 4);
+        let mut bpf = EbpfLoader::new()
+            .override_global(abi::GLOBAL_FILTER_PIDS, &filter, true)
+            .override_global(abi::GLOBAL_CAPTURE_KERNEL, &kernel, true)
+            .override_global(abi::GLOBAL_WAKEUP_BYTES, &wakeup, true)
+            .map_max_entries(abi::MAP_SAMPLES, config.ring_bytes)
+            .load(profiler_ebpf::OBJECT)
+            .map_err(|e| CaptureError::Load(root_cause(&e)))?;
+
+        if !config.pids.is_empty() {
+            let map = bpf
+                .map_mut(abi::MAP_TARGETS)
+                .ok_or_else(|| CaptureError::Load("the targets map is missing".into()))?;
+            let mut targets: BpfHashMap<_, u32, u8> =
+                BpfHashMap::try_from(map).map_err(|e| CaptureError::Load(root_cause(&e)))?;
+            for &pid in &config.pids {
+                targets
+                    .insert(pid, 1, 0)
+                    .map_err(|e| CaptureError::Load(root_cause(&e)))?;
+            }
+        }
+
+        let ring = bpf
+            .take_map(abi::MAP_SAMPLES)
+            .ok_or_else(|| CaptureError::Load("the samples ring buffer is missing".into()))?;
+        let ring = RingBuf::try_from(ring).map_err(|e| CaptureError::Load(root_cause(&e)))?;
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
+        // for as long as the AsyncFd holds it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| CaptureError::Ring(std::io::Error::other(e.to_string())))?;
+
+        let prog: &mut PerfEvent = bpf
+            .program_mut(profiler_ebpf::PROGRAM)
+            .ok_or_else(|| CaptureError::Load("the sampling program is missing".into()))?
+            .try_into()
+            .map_err(|e| CaptureError::Load(root_cause(&e)))?;
+        prog.load()
+            .map_err(|e| CaptureError::Load(root_cause(&e)))?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(path, e)| CaptureError::Cpus(format!("{path}: {e}")))?;
+        let event = event::attach_all(prog, config.event, config.frequency, &cpus)?;
+
+        Ok(Capture {
+            bpf,
+            ring,
+            event,
+            config,
+            stats: CaptureStats::default(),
+        })
+    }
+
+    /// Drains samples into `on_sample` until `duration` has passed, SIGINT or
+    /// SIGTERM arrives, or every target has exited. `on_tick` is called a
+    /// few times a second with the running counters, for progress display.
+    pub async fn run(
+        &mut self,
+        duration: Duration,
+        mut on_sample: impl FnMut(&Sample),
+        mut on_tick: impl FnMut(&CaptureStats),
+    ) -> Result<StopReason, CaptureError> {
+        let deadline = Instant::now() + duration;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut tick = interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+        let reason = loop {
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard?;
+                    drain(guard.get_inner_mut(), &mut self.stats, &mut on_sample);
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => {
+                    // Records are queued without waking us (see wakeup_bytes
+                    // in the BPF program), so the tick is what reads them.
+                    drain(self.ring.get_mut(), &mut self.stats, &mut on_sample);
+                    on_tick(&self.stats);
+                    if !self.config.pids.is_empty()
+                        && self.config.pids.iter().all(|&p| !crate::process::is_alive(p))
+                    {
+                        break StopReason::TargetsExited;
+                    }
+                }
+                _ = sleep_until(deadline) => break StopReason::Deadline,
+                _ = sigint.recv() => break StopReason::Signal("SIGINT"),
+                _ = sigterm.recv() => break StopReason::Signal("SIGTERM"),
+            }
+        };
+        self.detach();
+        drain(self.ring.get_mut(), &mut self.stats, &mut on_sample);
+        self.stats.lost = self.read_lost();
+        on_tick(&self.stats);
+        Ok(reason)
+    }
+
+    /// Final counters.
+    pub fn stats(&self) -> CaptureStats {
+        self.stats
+    }
+
+    /// Raw fd of the ring buffer (diagnostics).
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+
+    /// Stops sampling: unloading the program drops its perf-event links.
+    fn detach(&mut self) {
+        if let Some(p) = self.bpf.program_mut(profiler_ebpf::PROGRAM) {
+            if let Ok(prog) = <&mut PerfEvent>::try_from(p) {
+                let _ = prog.unload();
+            }
+        }
+    }
+
+    /// Sum of the per-CPU drop counters.
+    fn read_lost(&self) -> u64 {
+        let Some(map) = self.bpf.map(abi::MAP_DROPS) else {
+            return 0;
+        };
+        let Ok(drops) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        drops.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}
+
+/// Reads every record currently in the ring.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    stats: &mut CaptureStats,
+    on_sample: &mut impl FnMut(&Sample),
+) {
+    while let Some(item) = ring.next() {
+        if let Some(s) = Sample::from_bytes(&item) {
+            stats.samples += 1;
+            on_sample(&s);
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! rprof-bpf: an eBPF-based, system-wide CPU profiler that writes pprof.
+//!
+//! The crate is laid out as its pipeline:
+//!
+//! 1. [`capture`]: load the BPF program, attach it to perf events on every
+//!    CPU, drain the ring buffer;
+//! 2. [`aggregate`]: fold raw samples into counted stacks;
+//! 3. [`process`]: what `/proc` says about a process (maps, binaries, names);
+//! 4. [`normalize`]: runtime addresses → (binary, file offset, build ID);
+//! 5. [`symbolize`]: file offsets and kernel addresses → functions and lines;
+//! 6. [`encode`]: counted, symbolized stacks → a pprof [`pprof::Profile`];
+//! 7. [`report`]: read any pprof file back as a top table, flame graph or
+//!    collapsed stacks.
+//!
+//! [`record`] runs stages 1–6 for the command line.
+
+pub mod aggregate;
+pub mod capture;
+pub mod encode;
+pub mod normalize;
+pub mod pprof;
+pub mod preflight;
+pub mod process;
+pub mod record;
+pub mod report;
+pub mod symbolize;
+pub mod unwind;

@@ -1,0 +1,133 @@
+//! The `rprof-bpf` command line. Parsing and exit codes only; the work is in
+//! the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use rprof_bpf::capture::Event;
+use rprof_bpf::record::{self, RecordError, RecordOptions};
+
+/// eBPF-based CPU profiler that writes pprof.
+///
+/// With no subcommand, profiles the given processes (or every process) and
+/// writes a pprof profile readable by `go tool pprof`, Pyroscope or Parca.
+#[derive(Parser, Debug)]
+#[command(name = "rprof-bpf", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    record: RecordArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read a pprof file: top table, flame graph, collapsed stacks.
+    Report(ReportStub),
+}
+
+#[derive(Args, Debug)]
+struct RecordArgs {
+    /// Processes to profile, as a comma-separated list; all processes if absent.
+    #[arg(short, long, value_delimiter = ',')]
+    pid: Vec<u32>,
+    /// How long to profile.
+    #[arg(short, long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    seconds: u64,
+    /// Samples per second per CPU.
+    #[arg(short = 'F', long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    frequency: u64,
+    /// The event that drives sampling.
+    #[arg(long, value_enum, default_value_t = Event::CpuClock)]
+    event: Event,
+    /// Capture user stacks only, no kernel frames.
+    #[arg(long)]
+    user_only: bool,
+    /// Write addresses, mappings and build IDs only; name frames later.
+    #[arg(long)]
+    no_symbolize: bool,
+    /// Output file.
+    #[arg(short, long, default_value = "cpu.pb.gz")]
+    output: PathBuf,
+    /// No progress bar and no summary table.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
+    ring_size: u32,
+}
+
+#[derive(Args, Debug)]
+struct ReportStub {}
+
+fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let kib: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of KiB"))?;
+    if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
+        return Err("the ring size must be a power of two between 4 and 1048576 KiB".into());
+    }
+    Ok(kib)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Report(_args)) => match Ok::<(), String>(()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rprof-bpf: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        None => record_main(cli.record),
+    }
+}
+
+fn record_main(a: RecordArgs) -> ExitCode {
+    let opts = RecordOptions {
+        pids: a.pid,
+        seconds: a.seconds,
+        frequency: a.frequency,
+        event: a.event,
+        user_only: a.user_only,
+        no_symbolize: a.no_symbolize,
+        output: a.output,
+        quiet: a.quiet,
+        ring_bytes: a.ring_size * 1024,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    match record::run(&opts) {
+        Ok(s) => {
+            eprintln!(
+                "rprof-bpf: {} samples, {} lost, {} process{} -> {} ({})",
+                s.samples,
+                s.lost,
+                s.processes,
+                if s.processes == 1 { "" } else { "es" },
+                opts.output.display(),
+                human_size(s.bytes)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(RecordError::Usage(m)) => {
+            eprintln!("rprof-bpf: error: {m}");
+            ExitCode::from(2)
+        }
+        Err(RecordError::Runtime(m)) => {
+            eprintln!("rprof-bpf: error: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn human_size(n: usize) -> String {
+    if n < 1024 {
+        format!("{n} B")
+    } else if n < 1024 * 1024 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+    }
+}

@@ -1,0 +1,280 @@
+//! What `/proc` tells us about a process: its mappings, its binaries, its
+//! names.
+//!
+//! Binaries are opened the first time a process is seen, through
+//! `/proc/PID/map_files/` (falling back to `/proc/PID/root/PATH`). Holding the
+//! open file means symbolization still works after the process exits, after
+//! the file is deleted, and across mount namespaces: the path the process
+//! used may not exist on the host at all.
+
+pub mod buildid;
+pub mod maps;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use buildid::BuildIds;
+pub use maps::MapEntry;
+
+/// Identity of a file on this machine: device and inode as `/proc/PID/maps`
+/// reports them. Two processes mapping the same library share one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BinaryKey {
+    pub dev: (u32, u32),
+    pub inode: u64,
+}
+
+/// An executable file mapped by some process, opened and kept open.
+pub struct Binary {
+    pub key: BinaryKey,
+    /// The path as the first process that mapped it saw it.
+    pub path: String,
+    /// The open file. `None` if it could not be opened (the process was
+    /// gone, or we lack access); its frames stay unnamed then.
+    pub file: Option<File>,
+    /// The file's bytes, mapped read-only.
+    pub data: Option<Arc<memmap2::Mmap>>,
+    pub build_ids: BuildIds,
+}
+
+impl Binary {
+    /// Opens the file behind `entry` of process `pid`.
+    fn open(pid: u32, entry: &MapEntry, key: BinaryKey) -> Binary {
+        let path = entry.path.clone().unwrap_or_default();
+        let file = open_mapped_file(pid, entry);
+        // SAFETY: the mapping is read-only and private. Another process
+        // truncating the file could fault us (SIGBUS); that is the accepted
+        // cost of not copying whole binaries, and what every symbolizer
+        // (blazesym included) does.
+        let data = file
+            .as_ref()
+            .and_then(|f| unsafe { memmap2::Mmap::map(f) }.ok())
+            .map(Arc::new);
+        let build_ids = data
+            .as_deref()
+            .map(|d| buildid::read(d))
+            .unwrap_or_default();
+        Binary {
+            key,
+            path,
+            file,
+            data,
+            build_ids,
+        }
+    }
+
+    /// A path that reaches the open file from this process for as long as
+    /// we live, whatever happens to the original path or process.
+    pub fn fd_path(&self) -> Option<PathBuf> {
+        use std::os::fd::AsRawFd;
+        let f = self.file.as_ref()?;
+        Some(PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+    }
+
+    /// The basename of the path the process used.
+    pub fn basename(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
+/// `/proc/PID/map_files/START-END` sees the very inode that is mapped, even
+/// if deleted or in another mount namespace; `/proc/PID/root/PATH` is the
+/// fallback for kernels or setups where map_files is not readable.
+fn open_mapped_file(pid: u32, entry: &MapEntry) -> Option<File> {
+    let mf = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
+    if let Ok(f) = File::open(&mf) {
+        return Some(f);
+    }
+    let path = entry.path.as_deref()?;
+    let rooted = Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'));
+    File::open(rooted).ok()
+}
+
+/// One process as last seen.
+pub struct Process {
+    pub pid: u32,
+    /// Process name (`/proc/PID/comm`, i.e. the main thread's name).
+    pub comm: String,
+    /// Resolved executable path (`/proc/PID/exe`), if readable.
+    pub exe: Option<PathBuf>,
+    /// Executable mappings, sorted by start address.
+    pub maps: Vec<MapEntry>,
+    /// The binary behind each file-backed executable mapping, by its start.
+    pub binaries: HashMap<u64, Arc<Binary>>,
+    last_refresh: Instant,
+}
+
+impl Process {
+    /// The mapping containing `addr` and its binary, if any.
+    pub fn find(&self, addr: u64) -> Option<(&MapEntry, Option<&Arc<Binary>>)> {
+        let m = maps::find(&self.maps, addr)?;
+        Some((m, self.binaries.get(&m.start)))
+    }
+}
+
+/// Every process seen during a capture, and every binary they map.
+#[derive(Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, Process>,
+    binaries: HashMap<BinaryKey, Arc<Binary>>,
+}
+
+/// How often one process's maps may be re-read when addresses miss: a
+/// process whose samples keep missing (JIT code, say) must not make us
+/// re-read its maps on every sample.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+
+impl ProcessTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process, snapshotting it on first sight. `None` if it is gone
+    /// before we could read anything.
+    pub fn observe(&mut self, pid: u32) -> Option<&Process> {
+        if !self.procs.contains_key(&pid) {
+            let p = self.snapshot(pid)?;
+            self.procs.insert(pid, p);
+        }
+        self.procs.get(&pid)
+    }
+
+    /// Re-reads the maps of `pid` because an address fell outside all of
+    /// them (a dlopen, an exec, a new JIT region). Rate limited per process.
+    pub fn refresh(&mut self, pid: u32) {
+        let due = self
+            .procs
+            .get(&pid)
+            .is_none_or(|p| p.last_refresh.elapsed() >= REFRESH_INTERVAL);
+        if !due {
+            return;
+        }
+        if let Some(mut fresh) = self.snapshot(pid) {
+            // Keep binaries of mappings that are gone: samples taken before
+            // an exec or dlclose still point into them.
+            if let Some(old) = self.procs.remove(&pid) {
+                for m in old.maps {
+                    if maps::find(&fresh.maps, m.start).is_none() {
+                        if let Some(b) = old.binaries.get(&m.start) {
+                            fresh.binaries.insert(m.start, b.clone());
+                        }
+                        fresh.maps.push(m);
+                    }
+                }
+                fresh.maps.sort_by_key(|m| m.start);
+            }
+            self.procs.insert(pid, fresh);
+        } else if let Some(p) = self.procs.get_mut(&pid) {
+            p.last_refresh = Instant::now();
+        }
+    }
+
+    /// A process seen earlier.
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.procs.get(&pid)
+    }
+
+    /// All processes seen.
+    pub fn processes(&self) -> impl Iterator<Item = &Process> {
+        self.procs.values()
+    }
+
+    fn snapshot(&mut self, pid: u32) -> Option<Process> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let maps: Vec<MapEntry> = maps::parse(&text)
+            .into_iter()
+            .filter(|m| m.executable)
+            .collect();
+        let mut binaries = HashMap::new();
+        for m in maps.iter().filter(|m| m.is_file()) {
+            let key = BinaryKey {
+                dev: m.dev,
+                inode: m.inode,
+            };
+            let b = self
+                .binaries
+                .entry(key)
+                .or_insert_with(|| Arc::new(Binary::open(pid, m, key)))
+                .clone();
+            binaries.insert(m.start, b);
+        }
+        Some(Process {
+            pid,
+            comm: read_comm(pid).unwrap_or_default(),
+            exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
+            maps,
+            binaries,
+            last_refresh: Instant::now(),
+        })
+    }
+}
+
+/// `/proc/PID/comm` without its newline.
+pub fn read_comm(pid: u32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(s.trim_end_matches('\n').to_owned())
+}
+
+/// Whether a process with this pid exists now.
+pub fn exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether the process is running: it exists and is not a zombie waiting
+/// to be reaped.
+pub fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X" | "x") | None)
+}
+
+/// Total CPU time (user + system) a process has used so far, from
+/// `/proc/PID/stat`, in clock ticks converted to seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The comm field is parenthesized and may contain spaces: skip past it.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After ")" come state (field 3) ... utime is field 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    Some((utime + stime) as f64 / ticks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observes_self_with_named_executable_mapping() {
+        let pid = std::process::id();
+        let mut t = ProcessTable::new();
+        let p = t.observe(pid).expect("own process is visible");
+        assert!(!p.comm.is_empty());
+        // Our own code is in an executable, file-backed mapping.
+        let here = observes_self_with_named_executable_mapping as *const () as u64;
+        let (m, bin) = p.find(here).expect("own code is mapped");
+        assert!(m.executable);
+        let bin = bin.expect("binary opened");
+        assert!(bin.data.is_some());
+        assert!(bin.build_ids.gnu.is_some());
+    }
+
+    #[test]
+    fn missing_process_is_none() {
+        let mut t = ProcessTable::new();
+        assert!(t.observe(u32::MAX - 1).is_none());
+        assert!(!exists(u32::MAX - 1));
+        assert!(cpu_seconds(std::process::id()).is_some());
+    }
+}

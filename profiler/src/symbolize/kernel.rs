@@ -1,0 +1,105 @@
+//! Kernel symbols from `/proc/kallsyms`.
+
+use super::Frame;
+
+/// The running kernel's text symbols, sorted by address.
+pub struct Kallsyms {
+    syms: Vec<(u64, String)>,
+}
+
+impl Kallsyms {
+    /// Reads `/proc/kallsyms`. Addresses are zero when we lack
+    /// CAP_SYSLOG/root (kptr_restrict); then there is nothing to resolve with.
+    pub fn load() -> Option<Kallsyms> {
+        let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+        let k = Kallsyms::parse(&text);
+        (!k.syms.is_empty()).then_some(k)
+    }
+
+    /// Parses kallsyms text: `ffffffff81000000 T _stext [module]`. Only text
+    /// symbols (t/T/w/W) are kept: samples only land in code.
+    pub fn parse(text: &str) -> Kallsyms {
+        let mut syms: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+                let kind = it.next()?;
+                let name = it.next()?;
+                if addr == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
+                    return None;
+                }
+                Some((addr, name.to_owned()))
+            })
+            .collect();
+        syms.sort_unstable_by_key(|s| s.0);
+        Kallsyms { syms }
+    }
+
+    /// The lowest and highest symbol addresses, for the kernel mapping.
+    pub fn range(&self) -> Option<(u64, u64)> {
+        Some((self.syms.first()?.0, self.syms.last()?.0))
+    }
+
+    /// The function containing `addr`.
+    pub fn lookup(&self, addr: u64) -> Option<Frame> {
+        let i = self.syms.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+        let (_, name) = &self.syms[i];
+        Some(Frame {
+            function: name.clone(),
+            file: String::new(),
+            line: 0,
+            start_line: 0,
+            inlined: false,
+        })
+    }
+}
+
+/// The running kernel's GNU build ID, from `/sys/kernel/notes`.
+pub fn build_id() -> Option<String> {
+    let notes = std::fs::read("/sys/kernel/notes").ok()?;
+    let mut off = 0usize;
+    // The file is a plain sequence of ELF notes: namesz, descsz, type, name, desc.
+    while off + 12 <= notes.len() {
+        let word = |o: usize| -> Option<usize> {
+            let b = notes.get(o..o + 4)?;
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        };
+        let (namesz, descsz, ty) = (word(off)?, word(off + 4)?, word(off + 8)?);
+        let name_start = off + 12;
+        let desc_start = name_start + namesz.div_ceil(4) * 4;
+        let desc_end = desc_start.checked_add(descsz)?;
+        let name = notes.get(name_start..name_start + namesz)?;
+        if ty == 3 && name.starts_with(b"GNU") {
+            return Some(crate::process::buildid::hex(
+                notes.get(desc_start..desc_end)?,
+            ));
+        }
+        off = desc_start + descsz.div_ceil(4) * 4;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_looks_up() {
+        let k = Kallsyms::parse(
+            "ffffffff81000000 T _stext\nffffffff81000100 t do_thing\nffffffff81000200 D some_data\nffffffff81000300 T other [mod]\n0000000000000000 T hidden\n",
+        );
+        assert_eq!(k.lookup(0xffffffff81000150).unwrap().function, "do_thing");
+        assert_eq!(k.lookup(0xffffffff81000250).unwrap().function, "do_thing");
+        assert_eq!(k.lookup(0xffffffff81000300).unwrap().function, "other");
+        assert!(k.lookup(0x1000).is_none());
+        assert_eq!(k.range(), Some((0xffffffff81000000, 0xffffffff81000300)));
+    }
+
+    #[test]
+    fn live_kallsyms_has_scheduler() {
+        let k = Kallsyms::load().expect("/proc/kallsyms readable as root");
+        assert!(k.syms.iter().any(|(_, n)| n == "schedule"));
+        assert!(build_id().is_some_and(|id| id.len() >= 16));
+    }
+}

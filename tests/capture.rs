@@ -1,0 +1,393 @@
+//! End-to-end capture tests: the real BPF program on real processes.
+
+mod harness;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use harness::*;
+
+/// Profiles `pid` for `seconds` into `out`, returning the profile, stderr,
+/// and the target's CPU use (cores busy) during the run.
+fn profile_pid(
+    pid: u32,
+    seconds: u32,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> (rprof_bpf::pprof::Profile, String, f64) {
+    let c0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    let secs = seconds.to_string();
+    let pid_s = pid.to_string();
+    let mut args = vec!["--pid", &pid_s, "--seconds", &secs, "-o"];
+    let out_s = out.to_str().unwrap();
+    args.push(out_s);
+    args.extend_from_slice(extra);
+    let o = record(&args);
+    let util = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64();
+    assert_ok(&o);
+    (
+        load(out),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        util,
+    )
+}
+
+/// Samples must be within 10% of frequency x CPU-seconds of the target.
+fn assert_sample_count(p: &rprof_bpf::pprof::Profile, util: f64, hz: f64) {
+    let secs = p.duration_nanos as f64 / 1e9;
+    let expected = hz * secs * util;
+    let got = total(p, 0) as f64;
+    assert!(
+        (got - expected).abs() <= 0.10 * expected,
+        "{got} samples, expected {expected:.0} (= {hz} Hz x {secs:.2} s x {util:.2} CPUs)"
+    );
+}
+
+#[test]
+fn go_fixture_hot_function_callers_and_go_pprof() {
+    let Some(go) = go127() else { return };
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("gohot");
+    build_go(&go, "gohot", &exe, &[]);
+    let go_prof = dir.path().join("go.pb.gz");
+    let mut cmd = Command::new(&exe);
+    // Runs well past the capture, so its CPU use is steady throughout.
+    cmd.args(["-seconds", "9", "-cpuprofile", go_prof.to_str().unwrap()]);
+    let mut target = Target::start(cmd);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = dir.path().join("cpu.pb.gz");
+    let (p, stderr, util) = profile_pid(target.pid(), 4, &out, &[]);
+    assert!(stderr.contains("samples, 0 lost"), "{stderr}");
+
+    // Header conventions.
+    let st: Vec<(&str, &str)> = p
+        .sample_type
+        .iter()
+        .map(|t| (p.str(t.r#type), p.str(t.unit)))
+        .collect();
+    assert_eq!(st, [("samples", "count"), ("cpu", "nanoseconds")]);
+    assert_eq!(p.period, 10_000_000);
+    assert!(p.duration_nanos > 3_500_000_000 && p.time_nanos > 0);
+    assert_eq!(
+        p.str(p.mapping[0].filename),
+        exe.to_str().unwrap(),
+        "main executable first"
+    );
+    assert!(p.mapping[0].has_functions);
+    assert!(
+        !p.str(p.mapping[0].build_id).is_empty(),
+        "Go build ID recorded"
+    );
+    assert_eq!(total(&p, 1), total(&p, 0) * 10_000_000);
+
+    assert_sample_count(&p, util, 100.0);
+
+    // The hot function, and its callers up to main.main.
+    let hot = flat_share(&p, "main.hotLoop");
+    assert!(hot > 0.6, "main.hotLoop flat share {hot:.3}");
+    let full = p.sample.iter().filter(|s| {
+        let n = stack_names(&p, s);
+        n.first().map(String::as_str) == Some("main.hotLoop")
+            && n.windows(4)
+                .any(|w| w == ["main.hotLoop", "main.outer", "main.run", "main.main"])
+    });
+    let full: i64 = full.map(|s| s.value[0]).sum();
+    let hot_samples = (hot * total(&p, 0) as f64).round() as i64;
+    assert!(
+        full as f64 >= 0.95 * hot_samples as f64,
+        "{full} of {hot_samples} hot samples have the full chain"
+    );
+
+    // Every sample carries pid/tid/thread/process labels.
+    for s in &p.sample {
+        assert_eq!(num_label(&p, s, "pid"), Some(i64::from(target.pid())));
+        assert!(num_label(&p, s, "tid").is_some());
+        assert_eq!(str_label(&p, s, "process"), Some("gohot"));
+        assert!(str_label(&p, s, "thread").is_some());
+    }
+
+    // Agreement with Go's own profile of the same run.
+    target.wait();
+    let theirs = load(&go_prof);
+    let go_hot = flat_share(&theirs, "main.hotLoop");
+    assert!(
+        (hot - go_hot).abs() < 0.05,
+        "hotLoop: ours {hot:.3}, Go's {go_hot:.3}"
+    );
+
+    // go tool pprof accepts the file and puts the hot function on top.
+    let o = go_pprof(&go, &["-top", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let first_row = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .unwrap_or("");
+    assert!(
+        first_row.ends_with("main.hotLoop"),
+        "go tool pprof -top:\n{text}"
+    );
+}
+
+#[test]
+fn c_fixture_frame_pointers_full_chain() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("spin");
+    build_c("spin.c", &exe, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let mut cmd = Command::new(&exe);
+    cmd.arg("6");
+    let target = Target::start(cmd);
+    let out = dir.path().join("cpu.pb.gz");
+    let (p, _, util) = profile_pid(target.pid(), 3, &out, &[]);
+    assert_sample_count(&p, util, 100.0);
+
+    let hot = flat_share(&p, "hot_inner");
+    assert!(hot > 0.9, "hot_inner flat share {hot:.3}");
+    let chain = cum_share(&p, "main");
+    assert!(chain > 0.9, "main on {chain:.3} of stacks");
+    let s = p.sample.iter().max_by_key(|s| s.value[0]).unwrap();
+    let names = stack_names(&p, s);
+    assert_eq!(
+        &names[..4],
+        ["hot_inner", "compute", "work", "main"],
+        "{names:?}"
+    );
+    // DWARF gives file and line.
+    let f = p
+        .function
+        .iter()
+        .find(|f| p.str(f.name) == "hot_inner")
+        .unwrap();
+    assert!(p.str(f.filename).ends_with("spin.c"));
+}
+
+#[test]
+fn kernel_frames_and_user_only() {
+    let Some(go) = go127() else { return };
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("spin");
+    build_c("spin.c", &exe, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let mut cmd = Command::new(&exe);
+    cmd.args(["8", "sys"]);
+    let target = Target::start(cmd);
+
+    let out = dir.path().join("k.pb.gz");
+    let (p, _, _) = profile_pid(target.pid(), 2, &out, &[]);
+    let kmap = p
+        .mapping
+        .iter()
+        .find(|m| p.str(m.filename) == "[kernel.kallsyms]")
+        .expect("a kernel mapping");
+    assert!(!p.str(kmap.build_id).is_empty(), "kernel build ID");
+    // write(2) to /dev/null: the kernel side must show the syscall path.
+    assert!(
+        cum_share(&p, "ksys_write") > 0.1,
+        "ksys_write cum {:.3}",
+        cum_share(&p, "ksys_write")
+    );
+    // Kernel frames sit on top of the user frames that made the call.
+    assert!(p.sample.iter().any(|s| {
+        let n = stack_names(&p, s);
+        let k = n.iter().position(|x| x == "ksys_write");
+        let w = n.iter().position(|x| x == "work");
+        matches!((k, w), (Some(k), Some(w)) if k < w)
+    }));
+    let o = go_pprof(&go, &["-top", out.to_str().unwrap()]);
+    assert!(o.status.success());
+
+    let out = dir.path().join("u.pb.gz");
+    let (p, _, _) = profile_pid(target.pid(), 1, &out, &["--user-only"]);
+    assert!(total(&p, 0) > 50);
+    assert!(p
+        .mapping
+        .iter()
+        .all(|m| p.str(m.filename) != "[kernel.kallsyms]"));
+    assert_eq!(cum_share(&p, "ksys_write"), 0.0);
+}
+
+#[test]
+fn sigint_mid_capture_writes_valid_profile() {
+    let Some(go) = go127() else { return };
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("spin");
+    build_c("spin.c", &exe, &["-O2", "-fno-omit-frame-pointer"]);
+    let mut cmd = Command::new(&exe);
+    cmd.arg("10");
+    let target = Target::start(cmd);
+    let out = dir.path().join("cpu.pb.gz");
+    let child = rprof()
+        .args([
+            "--pid",
+            &target.pid().to_string(),
+            "--seconds",
+            "30",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("SIGINT"), "{stderr}");
+    let p = load(&out);
+    let n = total(&p, 0);
+    assert!((100..=260).contains(&n), "{n} samples in ~2s");
+    assert!(p.duration_nanos < 5_000_000_000);
+    assert!(go_pprof(&go, &["-top", out.to_str().unwrap()])
+        .status
+        .success());
+}
+
+#[test]
+fn target_exit_mid_capture_keeps_what_was_captured() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("spin");
+    build_c("spin.c", &exe, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let mut cmd = Command::new(&exe);
+    cmd.arg("1");
+    let target = Target::start(cmd);
+    let out = dir.path().join("cpu.pb.gz");
+    let t0 = Instant::now();
+    let o = record(&[
+        "--pid",
+        &target.pid().to_string(),
+        "--seconds",
+        "5",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("exited"), "{stderr}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "stopped when the target exited"
+    );
+    let p = load(&out);
+    let n = total(&p, 0);
+    assert!((60..=120).contains(&n), "{n} samples of a 1 s process");
+    assert!(
+        flat_share(&p, "hot_inner") > 0.8,
+        "named after the process exited"
+    );
+}
+
+#[test]
+fn several_pids_and_no_symbolize() {
+    let Some(go) = go127() else { return };
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("spin");
+    build_c("spin.c", &exe, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let mut cmd = Command::new(&exe);
+    cmd.arg("6");
+    let a = Target::start(cmd);
+    let mut cmd = Command::new(&exe);
+    cmd.arg("6");
+    let b = Target::start(cmd);
+    let out = dir.path().join("raw.pb.gz");
+    let pids = format!("{},{}", a.pid(), b.pid());
+    let o = record(&[
+        "--pid",
+        &pids,
+        "--seconds",
+        "2",
+        "--no-symbolize",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let p = load(&out);
+    let seen: std::collections::BTreeSet<i64> = p
+        .sample
+        .iter()
+        .filter_map(|s| num_label(&p, s, "pid"))
+        .collect();
+    assert_eq!(seen, [a.pid() as i64, b.pid() as i64].into_iter().collect());
+    // Raw: no functions, but mappings with file names and build IDs.
+    assert!(p.function.is_empty());
+    assert!(p.location.iter().all(|l| l.line.is_empty()));
+    let m = p
+        .mapping
+        .iter()
+        .find(|m| p.str(m.filename) == exe.to_str().unwrap())
+        .unwrap();
+    assert!(!p.str(m.build_id).is_empty());
+    assert!(!m.has_functions);
+    // go tool pprof loads it, and names frames itself from the binary.
+    let o = go_pprof(&go, &["-top", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("hot_inner"));
+}
+
+#[test]
+fn system_wide_sees_every_process() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("spin");
+    build_c("spin.c", &exe, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let spinners: Vec<Target> = (0..2)
+        .map(|_| {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("6");
+            Target::start(cmd)
+        })
+        .collect();
+    let out = dir.path().join("all.pb.gz");
+    let o = record(&["--seconds", "2", "-o", out.to_str().unwrap(), "--quiet"]);
+    assert_ok(&o);
+    let p = load(&out);
+    // Two CPUs, two spinners: together they get most of both CPUs.
+    let mut both = 0;
+    for t in &spinners {
+        let ours: i64 = p
+            .sample
+            .iter()
+            .filter(|s| num_label(&p, s, "pid") == Some(i64::from(t.pid())))
+            .map(|s| s.value[0])
+            .sum();
+        assert!(ours > 50, "{ours} samples of spinner {}", t.pid());
+        both += ours;
+    }
+    assert!(
+        both > 250,
+        "{both} samples of the spinners out of 400 possible"
+    );
+    assert!(flat_share(&p, "hot_inner") > 0.6);
+}
+
+#[test]
+fn cycles_event_or_clear_fallback() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("spin");
+    build_c("spin.c", &exe, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let mut cmd = Command::new(&exe);
+    cmd.arg("4");
+    let t = Target::start(cmd);
+    let out = dir.path().join("cyc.pb.gz");
+    let (p, stderr, _) = profile_pid(t.pid(), 2, &out, &["--event", "cycles"]);
+    let pt = p.period_type.as_ref().unwrap();
+    if stderr.contains("warning: the cycles event is unavailable") {
+        assert_eq!(p.str(pt.r#type), "cpu");
+    } else {
+        assert_eq!(p.str(pt.r#type), "cycles");
+        assert_eq!(p.str(p.sample_type[1].r#type), "cycles");
+        // Cycle weights are real counts, far above one per sample.
+        assert!(total(&p, 1) > total(&p, 0) * 1000);
+    }
+    assert!(flat_share(&p, "hot_inner") > 0.8);
+}

