@@ -8,7 +8,7 @@ use crate::capture::Event;
 use crate::normalize::{Normalized, Normalizer};
 use crate::pprof::{FunctionKey, Line, Mapping, Profile, ProfileBuilder};
 use crate::process::ProcessTable;
-use crate::symbolize::{Frame, Symbolizer};
+use crate::symbolize::{Frame, SymbolFile, Symbolizer};
 
 /// Facts about the capture that go into the profile's header.
 pub struct Meta {
@@ -57,11 +57,7 @@ pub fn build(
     let mut mapping_ids = vec![0u64; norm.mappings().len()];
     for i in order {
         let m = &norm.mappings()[i];
-        let build_id = m
-            .binary
-            .as_ref()
-            .and_then(|b| b.build_ids.preferred())
-            .unwrap_or("");
+        let build_id = m.binary.as_ref().and_then(|b| b.identity()).unwrap_or("");
         let mapping = Mapping {
             memory_start: m.entry.start,
             memory_limit: m.entry.end,
@@ -88,13 +84,17 @@ pub fn build(
             }
         }
         for (mi, reqs) in per_mapping {
-            let Some(bin) = norm.mappings()[mi].binary.as_ref() else {
+            let m = &norm.mappings()[mi];
+            let Some(file) = m.binary.as_deref().and_then(SymbolFile::from_binary) else {
                 continue;
             };
-            let offsets: Vec<u64> = reqs.iter().map(|r| r.1).collect();
-            for ((k, _), f) in reqs.iter().zip(sym.symbolize(bin, &offsets)) {
+            let (keys, vaddrs): (Vec<_>, Vec<u64>) = reqs
+                .iter()
+                .filter_map(|&(k, off)| Some((k, file.vaddr(off, m.entry.offset)?)))
+                .unzip();
+            for (k, f) in keys.into_iter().zip(sym.symbolize_file(&file, &vaddrs)) {
                 if !f.is_empty() {
-                    frames.insert(*k, f);
+                    frames.insert(k, f);
                 }
             }
         }
@@ -233,7 +233,8 @@ fn header(b: &mut ProfileBuilder, meta: &Meta) {
     ));
 }
 
-fn line(b: &mut ProfileBuilder, f: &Frame) -> Line {
+/// A pprof line for a frame, interning its function.
+pub(crate) fn line(b: &mut ProfileBuilder, f: &Frame) -> Line {
     let key = FunctionKey {
         name: f.function.clone(),
         system_name: f.function.clone(),
@@ -251,7 +252,7 @@ fn line(b: &mut ProfileBuilder, f: &Frame) -> Line {
 /// only claim what is really there, or `go tool pprof` will not try to fill
 /// the gaps itself.
 #[derive(Default)]
-struct MappingFlags {
+pub(crate) struct MappingFlags {
     functions: bool,
     filenames: bool,
     lines: bool,
@@ -259,14 +260,16 @@ struct MappingFlags {
 }
 
 impl MappingFlags {
-    fn note(&mut self, frames: &[Frame]) {
+    /// Records what one location's frames provide.
+    pub(crate) fn note(&mut self, frames: &[Frame]) {
         self.functions |= !frames.is_empty();
         self.filenames |= frames.iter().any(|f| !f.file.is_empty());
         self.lines |= frames.iter().any(|f| f.line != 0);
         self.inlines |= frames.iter().any(|f| f.inlined);
     }
 
-    fn apply(&self, m: &mut Mapping) {
+    /// Sets the mapping's `has_*` flags.
+    pub(crate) fn apply(&self, m: &mut Mapping) {
         m.has_functions = self.functions;
         m.has_filenames = self.filenames;
         m.has_line_numbers = self.lines;

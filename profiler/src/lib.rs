@@ -10,7 +10,8 @@
 //! 5. [`symbolize`]: file offsets and kernel addresses → functions and lines;
 //! 6. [`encode`]: counted, symbolized stacks → a pprof [`pprof::Profile`];
 //! 7. [`report`]: read any pprof file back as a top table, flame graph or
-//!    collapsed stacks.
+//!    collapsed stacks;
+//! 8. [`offline`]: symbolize a raw profile later, elsewhere, by build ID.
 //!
 //! [`record`] runs stages 1–6 for the command line.
 
@@ -18,6 +19,7 @@ pub mod aggregate;
 pub mod capture;
 pub mod encode;
 pub mod normalize;
+pub mod offline;
 pub mod pprof;
 pub mod preflight;
 pub mod process;

@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Read a pprof file: top table, flame graph, collapsed stacks.
     Report(ReportStub),
+    /// Name the frames of a raw (--no-symbolize) profile from files found by build ID.
+    Symbolize(rprof_bpf::offline::SymbolizeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +80,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rprof-bpf: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Some(Command::Symbolize(args)) => match rprof_bpf::offline::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rprof-bpf: error: {e:#}");
                 ExitCode::from(1)
             }
         },

@@ -69,6 +69,7 @@ pub fn run(opts: &RecordOptions) -> Result<Summary, RecordError> {
     preflight::check_privileges()?;
     preflight::check_kernel()?;
     preflight::check_pids(&opts.pids)?;
+    raise_fd_limit();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -178,6 +179,23 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         bytes: bytes.len(),
         stop,
     })
+}
+
+/// Every binary of every profiled process stays open until symbolization:
+/// a system-wide capture on a busy node can need more descriptors than the
+/// usual soft limit of 1024, so take the hard limit.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// A bar of elapsed over total time with the sample count, on stderr.

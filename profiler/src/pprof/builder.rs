@@ -21,6 +21,8 @@ pub struct ProfileBuilder {
     profile: Profile,
     strings: HashMap<String, i64>,
     functions: HashMap<FunctionKey, u64>,
+    /// Largest function id of the profile this builder continued.
+    max_function_id: u64,
 }
 
 impl ProfileBuilder {
@@ -29,6 +31,64 @@ impl ProfileBuilder {
         let mut b = ProfileBuilder::default();
         b.intern("");
         b
+    }
+
+    /// A builder that continues an existing profile: its strings and
+    /// functions are indexed so new ones are only added when really new.
+    pub fn from_profile(profile: Profile) -> Self {
+        let mut strings = HashMap::new();
+        for (i, s) in profile.string_table.iter().enumerate() {
+            strings.entry(s.clone()).or_insert(i as i64);
+        }
+        let max_function_id = profile.function.iter().map(|f| f.id).max().unwrap_or(0);
+        let mut b = ProfileBuilder {
+            profile,
+            strings,
+            functions: HashMap::new(),
+            max_function_id,
+        };
+        if b.profile.string_table.is_empty() {
+            b.intern("");
+        }
+        let keys: Vec<(FunctionKey, u64)> = b
+            .profile
+            .function
+            .iter()
+            .map(|f| {
+                let key = FunctionKey {
+                    name: b.profile.str(f.name).to_owned(),
+                    system_name: b.profile.str(f.system_name).to_owned(),
+                    filename: b.profile.str(f.filename).to_owned(),
+                    start_line: f.start_line,
+                };
+                (key, f.id)
+            })
+            .collect();
+        for (k, id) in keys {
+            b.functions.entry(k).or_insert(id);
+        }
+        b
+    }
+
+    /// Ids need only be unique: continue after the largest one (for
+    /// profiles made here, the count).
+    fn next_function_id(&self) -> u64 {
+        self.profile
+            .function
+            .last()
+            .map_or(0, |f| f.id)
+            .max(self.max_function_id)
+            + 1
+    }
+
+    /// The profile so far, for reading.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// Mutable access to a location added earlier, by position.
+    pub fn location_at_mut(&mut self, index: usize) -> Option<&mut Location> {
+        self.profile.location.get_mut(index)
     }
 
     /// Index of `s` in the string table, adding it if new.
@@ -85,7 +145,7 @@ impl ProfileBuilder {
     /// Mutable access to a mapping added earlier (to set the `has_*` flags
     /// once symbolization is known to have succeeded).
     pub fn mapping_mut(&mut self, id: u64) -> Option<&mut Mapping> {
-        self.profile.mapping.get_mut((id as usize).checked_sub(1)?)
+        self.profile.mapping.iter_mut().find(|m| m.id == id)
     }
 
     /// Id of the function with this key, adding it if new.
@@ -94,7 +154,7 @@ impl ProfileBuilder {
             return id;
         }
         let f = Function {
-            id: self.profile.function.len() as u64 + 1,
+            id: self.next_function_id(),
             name: self.intern(&key.name),
             system_name: self.intern(&key.system_name),
             filename: self.intern(&key.filename),

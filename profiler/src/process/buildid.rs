@@ -27,6 +27,25 @@ impl BuildIds {
     }
 }
 
+/// What identifies a file for offline symbolization: its GNU build ID, else
+/// its Go build ID, else a content hash (the first 20 bytes of its SHA-256,
+/// in hex, shaped like a GNU build ID so that pprof's
+/// `$PPROF_BINARY_PATH/<id>/<name>` layout works for it too).
+pub fn identity(data: &[u8]) -> String {
+    let ids = read(data);
+    match ids.preferred() {
+        Some(id) => id.to_owned(),
+        None => content_hash(data),
+    }
+}
+
+/// The content hash [`identity`] falls back to.
+pub fn content_hash(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(data);
+    hex(&digest[..20])
+}
+
 /// Reads the build IDs of a 64-bit little-endian ELF. Non-ELF or malformed
 /// input gives empty IDs, not an error: an ID is optional information.
 pub fn read(data: &[u8]) -> BuildIds {
@@ -98,6 +117,16 @@ mod tests {
         let gnu = ids.gnu.clone().expect("test binary has a GNU build ID");
         assert!(gnu.len() >= 16 && gnu.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(ids.preferred(), Some(gnu.as_str()));
+    }
+
+    #[test]
+    fn identity_falls_back_to_content_hash() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        assert_eq!(identity(&exe), read(&exe).gnu.unwrap());
+        let h = identity(b"no build id here");
+        assert_eq!(h.len(), 40);
+        assert_eq!(h, content_hash(b"no build id here"));
+        assert_ne!(h, content_hash(b"no build id there"));
     }
 
     #[test]

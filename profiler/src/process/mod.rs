@@ -38,6 +38,9 @@ pub struct Binary {
     /// The file's bytes, mapped read-only.
     pub data: Option<Arc<memmap2::Mmap>>,
     pub build_ids: BuildIds,
+    /// Content hash, computed on first use and only for files without a
+    /// build ID.
+    content_hash: std::sync::OnceLock<Option<String>>,
 }
 
 impl Binary {
@@ -63,7 +66,20 @@ impl Binary {
             file,
             data,
             build_ids,
+            content_hash: std::sync::OnceLock::new(),
         }
+    }
+
+    /// What identifies the file for offline symbolization: the GNU build
+    /// ID, else the Go build ID, else a content hash of the file (see
+    /// [`buildid::identity`]). `None` only if the file could not be read.
+    pub fn identity(&self) -> Option<&str> {
+        if let Some(id) = self.build_ids.preferred() {
+            return Some(id);
+        }
+        self.content_hash
+            .get_or_init(|| self.data.as_deref().map(|d| buildid::content_hash(d)))
+            .as_deref()
     }
 
     /// A path that reaches the open file from this process for as long as

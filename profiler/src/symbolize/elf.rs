@@ -1,7 +1,7 @@
 //! ELF and DWARF symbolization through blazesym: symbol tables, DWARF line
 //! tables with inlined functions, debug links, and Rust/C++ demangling.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
@@ -20,24 +20,64 @@ impl Default for ElfSymbolizer {
 }
 
 impl ElfSymbolizer {
+    /// Looks for debug links and build-ID debug files in the system's
+    /// default places (`/usr/lib/debug`, `/lib/debug`).
     pub fn new() -> Self {
+        Self::with_debug_dirs(&[])
+    }
+
+    /// Also looks in `dirs` (their `.build-id/` trees and the directories
+    /// themselves) for the files that `.gnu_debuglink` names.
+    pub fn with_debug_dirs(dirs: &[PathBuf]) -> Self {
+        let mut all: Vec<PathBuf> = dirs.to_vec();
+        all.extend(["/usr/lib/debug", "/lib/debug"].map(PathBuf::from));
         let inner = Symbolizer::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
             .enable_demangling(true)
+            .set_debug_dirs(Some(all))
             .build();
         ElfSymbolizer { inner }
     }
 
-    /// Symbolizes file offsets of the ELF at `path`. The result has one entry
-    /// per offset, innermost frame first; empty when nothing was found.
-    pub fn symbolize(&self, path: &Path, offsets: &[u64]) -> Vec<Vec<Frame>> {
+    /// Symbolizes virtual addresses (as the ELF's own headers and symbol
+    /// table number them) of the ELF at `path`. One entry per address,
+    /// innermost frame first; empty when nothing was found.
+    pub fn symbolize(&self, path: &Path, vaddrs: &[u64]) -> Vec<Vec<Frame>> {
         let src = Source::Elf(Elf::new(path));
-        match self.inner.symbolize(&src, Input::FileOffset(offsets)) {
+        match self.inner.symbolize(&src, Input::VirtOffset(vaddrs)) {
             Ok(results) => results.into_iter().map(frames).collect(),
-            Err(_) => vec![Vec::new(); offsets.len()],
+            Err(_) => vec![Vec::new(); vaddrs.len()],
         }
     }
+}
+
+/// The ELF virtual address of file offset `offset`, in a mapping that
+/// starts at file offset `mapping_offset`.
+///
+/// The loadable segment holding the offset answers directly. Separate
+/// debug files (`objcopy --only-keep-debug`) keep every segment's address
+/// but zero its file offset and size, so for them the executable segment is
+/// taken as the one mapped: the mapping starts at that segment's page, and
+/// within a segment addresses and offsets move together.
+pub fn vaddr_of(data: &[u8], offset: u64, mapping_offset: u64) -> Option<u64> {
+    use object::elf::{FileHeader64, PF_X, PT_LOAD};
+    use object::read::elf::{FileHeader, ProgramHeader};
+    use object::LittleEndian;
+
+    let header = FileHeader64::<LittleEndian>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let phdrs = header.program_headers(endian, data).ok()?;
+    let loads = || phdrs.iter().filter(|p| p.p_type(endian) == PT_LOAD);
+    for p in loads() {
+        let (start, size) = (p.p_offset(endian), p.p_filesz(endian));
+        if size > 0 && start <= offset && offset - start < size {
+            return Some(offset - start + p.p_vaddr(endian));
+        }
+    }
+    let text = loads().find(|p| p.p_flags(endian) & PF_X != 0)?;
+    let page_vaddr = text.p_vaddr(endian) & !0xfff;
+    Some(page_vaddr + offset.checked_sub(mapping_offset)?)
 }
 
 /// blazesym reports the physical function with the location of the first

@@ -8,6 +8,7 @@
 pub mod elf;
 pub mod go;
 pub mod kernel;
+pub mod locate;
 
 /// One function at one source position. A location's frames come innermost
 /// first; all but the last are inlined into the last.
@@ -25,57 +26,104 @@ pub struct Frame {
 }
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::process::{Binary, BinaryKey};
+use crate::process::Binary;
 
 /// Frames for one looked-up address; empty when nothing is known.
 pub type Frames = Vec<Frame>;
 
-/// Every symbolizer behind one front: callers hand it a binary and offsets
+/// An ELF file to read symbols from.
+#[derive(Clone)]
+pub struct SymbolFile {
+    /// A path that opens the file. It is also the cache key, so it must
+    /// name one file for the symbolizer's lifetime (`/proc/self/fd/N` of a
+    /// file we hold open does).
+    pub path: PathBuf,
+    /// The file's bytes.
+    pub data: Arc<memmap2::Mmap>,
+}
+
+impl SymbolFile {
+    /// The open file behind a live process's binary, if it could be opened.
+    pub fn from_binary(binary: &Binary) -> Option<SymbolFile> {
+        Some(SymbolFile {
+            path: binary.fd_path()?,
+            data: binary.data.clone()?,
+        })
+    }
+
+    /// Opens and maps a file.
+    pub fn open(path: &Path) -> std::io::Result<SymbolFile> {
+        let f = std::fs::File::open(path)?;
+        // SAFETY: read-only private mapping; see process::Binary::open.
+        let data = unsafe { memmap2::Mmap::map(&f) }?;
+        Ok(SymbolFile {
+            path: path.to_owned(),
+            data: Arc::new(data),
+        })
+    }
+
+    /// The ELF virtual address of a file offset inside a mapping that
+    /// starts at `mapping_offset` (see [`elf::vaddr_of`]).
+    pub fn vaddr(&self, offset: u64, mapping_offset: u64) -> Option<u64> {
+        elf::vaddr_of(&self.data, offset, mapping_offset)
+    }
+}
+
+/// Every symbolizer behind one front: callers hand it a file and addresses
 /// and need not know which format answers.
 pub struct Symbolizer {
     elf: elf::ElfSymbolizer,
     kernel: Option<kernel::Kallsyms>,
-    cache: HashMap<(BinaryKey, u64), Frames>,
+    cache: HashMap<(PathBuf, u64), Frames>,
 }
 
 impl Symbolizer {
     /// A symbolizer; `kernel` loads kallsyms for kernel frames.
     pub fn new(kernel: bool) -> Self {
-        Symbolizer {
-            elf: elf::ElfSymbolizer::new(),
-            kernel: if kernel {
+        Self::with_parts(
+            elf::ElfSymbolizer::new(),
+            if kernel {
                 kernel::Kallsyms::load()
             } else {
                 None
             },
+        )
+    }
+
+    /// A symbolizer with a given ELF symbolizer (debug directories) and
+    /// kernel symbol table, for offline use.
+    pub fn with_parts(elf: elf::ElfSymbolizer, kernel: Option<kernel::Kallsyms>) -> Self {
+        Symbolizer {
+            elf,
+            kernel,
             cache: HashMap::new(),
         }
     }
 
-    /// Resolves file offsets of `binary` (already adjusted for return
-    /// addresses), one result per offset, each innermost frame first. Results
-    /// are cached per (binary, offset), so repeated calls are cheap.
-    pub fn symbolize(&mut self, binary: &Binary, offsets: &[u64]) -> Vec<Frames> {
-        let todo: Vec<u64> = offsets
+    /// Resolves ELF virtual addresses of `file` (return addresses already
+    /// moved back into their call), one result per address, each innermost
+    /// frame first. Results are cached per (file, address), so repeated
+    /// calls are cheap.
+    pub fn symbolize_file(&mut self, file: &SymbolFile, vaddrs: &[u64]) -> Vec<Frames> {
+        let todo: Vec<u64> = vaddrs
             .iter()
             .copied()
-            .filter(|o| !self.cache.contains_key(&(binary.key, *o)))
+            .filter(|a| !self.cache.contains_key(&(file.path.clone(), *a)))
             .collect();
         if !todo.is_empty() {
-            let found = match binary.fd_path() {
-                Some(path) => self.elf.symbolize(&path, &todo),
-                None => vec![Vec::new(); todo.len()],
-            };
-            for (o, frames) in todo.into_iter().zip(found) {
-                self.cache.insert((binary.key, o), frames);
+            let found = self.elf.symbolize(&file.path, &todo);
+            for (a, frames) in todo.into_iter().zip(found) {
+                self.cache.insert((file.path.clone(), a), frames);
             }
         }
-        offsets
+        vaddrs
             .iter()
-            .map(|o| {
+            .map(|a| {
                 self.cache
-                    .get(&(binary.key, *o))
+                    .get(&(file.path.clone(), *a))
                     .cloned()
                     .unwrap_or_default()
             })

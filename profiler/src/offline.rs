@@ -1,0 +1,199 @@
+//! `rprof-bpf symbolize`: name the frames of a raw profile (written with
+//! `--no-symbolize`) on another machine, from files found by build ID.
+//!
+//! The same code paths as live mode do the naming; this module only finds
+//! the files and rewrites the profile's locations.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::encode::{line, MappingFlags, KERNEL_MAPPING};
+use crate::pprof::{self, Line, Profile, ProfileBuilder};
+use crate::symbolize::elf::ElfSymbolizer;
+use crate::symbolize::kernel::Kallsyms;
+use crate::symbolize::locate::{Found, Locator};
+use crate::symbolize::{Frame, SymbolFile, Symbolizer};
+
+/// Arguments of `rprof-bpf symbolize`.
+#[derive(clap::Args, Debug)]
+pub struct SymbolizeArgs {
+    /// The raw profile.
+    pub input: PathBuf,
+    /// Where to write the symbolized profile.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// A debug directory: `DIR/.build-id/xx/rest[.debug]`, `DIR/<build_id>/<name>`,
+    /// and the targets of `.gnu_debuglink`. Repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
+    /// A directory of binaries, searched recursively for matching build IDs. Repeatable.
+    #[arg(long = "binary", value_name = "DIR")]
+    pub binary_dirs: Vec<PathBuf>,
+    /// A copy of the capturing node's /proc/kallsyms, to name kernel frames.
+    #[arg(long, value_name = "FILE")]
+    pub kallsyms: Option<PathBuf>,
+}
+
+/// What happened to one mapping.
+#[derive(Clone, Debug)]
+pub struct MappingReport {
+    pub filename: String,
+    pub build_id: String,
+    /// `None`: no matching file; for already symbolized mappings, the
+    /// profile's own symbols.
+    pub found: Option<Found>,
+    pub already: bool,
+    pub named: usize,
+    pub locations: usize,
+}
+
+/// Runs the command: read, symbolize, write atomically, print a summary.
+pub fn run(args: &SymbolizeArgs) -> Result<()> {
+    let profile = pprof::read_file(&args.input)?;
+    let kallsyms = match &args.kallsyms {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read kallsyms file {}", p.display()))?;
+            Some(Kallsyms::parse(&text))
+        }
+        None => None,
+    };
+    let mut locator = Locator::new(args.debug_dirs.clone(), args.binary_dirs.clone());
+    let mut symbolizer =
+        Symbolizer::with_parts(ElfSymbolizer::with_debug_dirs(&args.debug_dirs), kallsyms);
+    let (profile, reports) = symbolize_profile(profile, &mut locator, &mut symbolizer);
+    pprof::write_file_atomic(&args.output, &pprof::encode_gzip(&profile))
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    for r in &reports {
+        eprintln!("{}", describe(r));
+    }
+    let named: usize = reports.iter().map(|r| r.named).sum();
+    let total: usize = reports.iter().map(|r| r.locations).sum();
+    eprintln!(
+        "rprof-bpf: {named} of {total} locations named -> {}",
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn describe(r: &MappingReport) -> String {
+    let id = if r.build_id.is_empty() {
+        "no build ID".to_owned()
+    } else {
+        format!("build ID {}", r.build_id)
+    };
+    let status = match (&r.found, r.already) {
+        (_, true) => "already symbolized".to_owned(),
+        (Some(f), _) => format!("found {} ({})", f.path.display(), f.how),
+        (None, _) => "not found".to_owned(),
+    };
+    format!(
+        "  {} [{id}]: {status}; {}/{} locations named",
+        r.filename, r.named, r.locations
+    )
+}
+
+/// Symbolizes every mapping that is not symbolized yet. Mappings that are
+/// keep their frames untouched, so running this twice changes nothing.
+pub fn symbolize_profile(
+    profile: Profile,
+    locator: &mut Locator,
+    symbolizer: &mut Symbolizer,
+) -> (Profile, Vec<MappingReport>) {
+    // A location that is some sample's leaf holds the sampled PC; all others
+    // hold return addresses, looked up one byte earlier (as live mode does).
+    let leaves: HashSet<u64> = profile
+        .sample
+        .iter()
+        .filter_map(|s| s.location_id.first().copied())
+        .collect();
+    let mut by_mapping: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, l) in profile.location.iter().enumerate() {
+        by_mapping.entry(l.mapping_id).or_default().push(i);
+    }
+
+    let mut b = ProfileBuilder::from_profile(profile);
+    let mut reports = Vec::new();
+    let mappings = b.profile().mapping.clone();
+    for m in &mappings {
+        let filename = b.profile().str(m.filename).to_owned();
+        let build_id = b.profile().str(m.build_id).to_owned();
+        let locs = by_mapping.remove(&m.id).unwrap_or_default();
+        let mut report = MappingReport {
+            filename: filename.clone(),
+            build_id: build_id.clone(),
+            found: None,
+            already: m.has_functions,
+            named: 0,
+            locations: locs.len(),
+        };
+        if m.has_functions {
+            report.named = locs
+                .iter()
+                .filter(|&&i| !b.profile().location[i].line.is_empty())
+                .count();
+            reports.push(report);
+            continue;
+        }
+        // (location index, lookup key) pairs.
+        let lookups: Vec<(usize, u64)> = locs
+            .iter()
+            .map(|&i| {
+                let l = &b.profile().location[i];
+                let leaf = leaves.contains(&l.id);
+                (
+                    i,
+                    if leaf {
+                        l.address
+                    } else {
+                        l.address.saturating_sub(1)
+                    },
+                )
+            })
+            .collect();
+        let frames: Vec<Vec<Frame>> = if filename == KERNEL_MAPPING {
+            lookups
+                .iter()
+                .map(|&(_, a)| symbolizer.kernel(a).into_iter().collect())
+                .collect()
+        } else {
+            report.found = locator.find(&build_id, &filename);
+            let file = report
+                .found
+                .as_ref()
+                .and_then(|f| SymbolFile::open(&f.path).ok());
+            match file {
+                Some(file) => {
+                    let vaddrs: Vec<u64> = lookups
+                        .iter()
+                        .map(|&(_, a)| {
+                            let off = a.wrapping_sub(m.memory_start).wrapping_add(m.file_offset);
+                            file.vaddr(off, m.file_offset).unwrap_or(u64::MAX)
+                        })
+                        .collect();
+                    symbolizer.symbolize_file(&file, &vaddrs)
+                }
+                None => Vec::new(),
+            }
+        };
+        let mut flags = MappingFlags::default();
+        for ((i, _), f) in lookups.iter().zip(frames) {
+            if f.is_empty() {
+                continue;
+            }
+            flags.note(&f);
+            let lines: Vec<Line> = f.iter().map(|fr| line(&mut b, fr)).collect();
+            if let Some(loc) = b.location_at_mut(*i) {
+                loc.line = lines;
+                report.named += 1;
+            }
+        }
+        if let Some(mm) = b.mapping_mut(m.id) {
+            flags.apply(mm);
+        }
+        reports.push(report);
+    }
+    (b.finish(), reports)
+}

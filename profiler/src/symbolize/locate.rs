@@ -1,0 +1,178 @@
+//! Finding the file that matches a mapping's build ID, for offline
+//! symbolization on a machine other than the one that captured.
+//!
+//! Places searched, in order:
+//! 1. `DIR/.build-id/xx/rest.debug` and `DIR/.build-id/xx/rest` in every
+//!    debug directory (the layout of `/usr/lib/debug`);
+//! 2. `DIR/<build_id>/<basename>` in every debug and binary directory (the
+//!    `PPROF_BINARY_PATH` layout);
+//! 3. any file under the binary directories whose identity matches.
+//!
+//! A candidate is only used if its own identity (GNU build ID, Go build ID,
+//! or content hash) equals the one recorded: a file with the right name and
+//! the wrong contents would name frames wrongly, which is worse than not at
+//! all.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::process::buildid;
+
+/// Where a file was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub path: PathBuf,
+    /// A human description of the layout that matched.
+    pub how: &'static str,
+}
+
+/// Searches debug and binary directories by build ID.
+pub struct Locator {
+    debug_dirs: Vec<PathBuf>,
+    binary_dirs: Vec<PathBuf>,
+    /// Identity → file, for every ELF file under the binary directories;
+    /// built on the first lookup that needs it.
+    scanned: Option<HashMap<String, PathBuf>>,
+}
+
+/// Files larger than this are not hashed while scanning: a directory of
+/// binaries should not make us read gigabytes for one missing build ID.
+const MAX_SCAN_BYTES: u64 = 2 << 30;
+
+impl Locator {
+    pub fn new(debug_dirs: Vec<PathBuf>, binary_dirs: Vec<PathBuf>) -> Self {
+        Locator {
+            debug_dirs,
+            binary_dirs,
+            scanned: None,
+        }
+    }
+
+    /// The file whose identity is `id`; `filename` is the path the process
+    /// saw, whose basename the `PPROF_BINARY_PATH` layout uses.
+    pub fn find(&mut self, id: &str, filename: &str) -> Option<Found> {
+        if id.is_empty() {
+            return None;
+        }
+        let basename = Path::new(filename).file_name();
+        let is_hex = id.len() > 2 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        for dir in &self.debug_dirs {
+            if is_hex {
+                let (head, rest) = id.split_at(2);
+                let base = dir.join(".build-id").join(head);
+                for (name, how) in [
+                    (format!("{rest}.debug"), ".build-id/xx/rest.debug"),
+                    (rest.to_owned(), ".build-id/xx/rest"),
+                ] {
+                    if let Some(f) = verified(&base.join(name), id, how) {
+                        return Some(f);
+                    }
+                }
+            }
+        }
+        if let Some(basename) = basename {
+            for dir in self.debug_dirs.iter().chain(&self.binary_dirs) {
+                let p = dir.join(id).join(basename);
+                if let Some(f) = verified(&p, id, "<build_id>/<basename>") {
+                    return Some(f);
+                }
+            }
+        }
+        let scanned = self.scanned.get_or_insert_with(|| scan(&self.binary_dirs));
+        scanned.get(id).map(|p| Found {
+            path: p.clone(),
+            how: "--binary directory scan",
+        })
+    }
+}
+
+/// `path` if it exists and its identity is `id`.
+fn verified(path: &Path, id: &str, how: &'static str) -> Option<Found> {
+    let data = std::fs::read(path).ok()?;
+    (buildid::identity(&data) == id).then(|| Found {
+        path: path.to_owned(),
+        how,
+    })
+}
+
+/// Identity of every ELF file under `dirs`, recursively. Symlinks are not
+/// followed, so a loop cannot trap us.
+fn scan(dirs: &[PathBuf]) -> HashMap<String, PathBuf> {
+    let mut out = HashMap::new();
+    let mut todo: Vec<PathBuf> = dirs.to_vec();
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            let p = e.path();
+            if ft.is_dir() {
+                todo.push(p);
+            } else if ft.is_file() {
+                let small = e.metadata().is_ok_and(|m| m.len() <= MAX_SCAN_BYTES);
+                if !small {
+                    continue;
+                }
+                if let Ok(data) = std::fs::read(&p) {
+                    if data.starts_with(b"\x7fELF") {
+                        out.entry(buildid::identity(&data)).or_insert(p);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_by_each_layout_and_refuses_mismatches() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let id = buildid::identity(&exe);
+        let root = tempfile::tempdir().unwrap();
+
+        // Not found anywhere.
+        let mut l = Locator::new(vec![root.path().into()], vec![]);
+        assert!(l.find(&id, "/usr/bin/app").is_none());
+
+        // .build-id layout.
+        let bid = root.path().join("dbg/.build-id").join(&id[..2]);
+        std::fs::create_dir_all(&bid).unwrap();
+        std::fs::write(bid.join(format!("{}.debug", &id[2..])), &exe).unwrap();
+        let mut l = Locator::new(vec![root.path().join("dbg")], vec![]);
+        assert_eq!(
+            l.find(&id, "/usr/bin/app").unwrap().how,
+            ".build-id/xx/rest.debug"
+        );
+
+        // <build_id>/<basename>.
+        let pp = root.path().join("pp").join(&id);
+        std::fs::create_dir_all(&pp).unwrap();
+        std::fs::write(pp.join("app"), &exe).unwrap();
+        let mut l = Locator::new(vec![], vec![root.path().join("pp")]);
+        assert_eq!(
+            l.find(&id, "/usr/bin/app").unwrap().how,
+            "<build_id>/<basename>"
+        );
+
+        // Scan, with a decoy of the same name but other contents.
+        let bin = root.path().join("bin/sub");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("app"), b"\x7fELF not the same file").unwrap();
+        std::fs::write(bin.join("renamed"), &exe).unwrap();
+        let mut l = Locator::new(vec![], vec![root.path().join("bin")]);
+        let f = l.find(&id, "/usr/bin/app").unwrap();
+        assert_eq!(f.path, bin.join("renamed"));
+
+        // A file at the right place with the wrong build ID is refused.
+        let wrong = root.path().join("wrong").join(&id);
+        std::fs::create_dir_all(&wrong).unwrap();
+        std::fs::write(wrong.join("app"), b"\x7fELF other").unwrap();
+        let mut l = Locator::new(vec![], vec![root.path().join("wrong")]);
+        assert!(l.find(&id, "/usr/bin/app").is_none());
+    }
+}
