@@ -42,6 +42,8 @@ struct rprof_sample {
 	 * 0. In a function without a frame of its own (most leaves: compilers
 	 * skip the frame-pointer setup there) this is the return address that
 	 * the frame-pointer chain misses; user space decides whether it is one.
+	 * Set for frame-pointer stacks, and for table-unwound stacks whose leaf
+	 * had no table (then unwound by frame pointers too).
 	 */
 	__u64 user_sp_word;
 	__u32 user_frames;    /* valid entries in user_stack */
@@ -59,10 +61,61 @@ _Static_assert(__builtin_offsetof(struct rprof_sample, comm) == 48,
 _Static_assert(__builtin_offsetof(struct rprof_sample, user_stack) == 64,
 	       "rprof_sample.user_stack moved: update profiler-ebpf/src/abi.rs");
 
+/*
+ * Unwind tables (the .eh_frame unwinder).
+ *
+ * Every executable file's .eh_frame is compiled by user space into rows
+ * sorted by file offset; the rows of all files share one mmap-able array
+ * (user space writes it directly, no syscall per row). Each process has one
+ * rprof_proc_info: its executable mappings, sorted by start, each pointing
+ * at its file's rows (row_count 0: no table, use frame pointers).
+ */
+#define RPROF_MAX_UNWIND_ROWS (1u << 21) /* 2M rows x 16 B = 32 MiB, resized by the loader */
+#define RPROF_MAX_PROC_MAPS   64          /* executable mappings per process */
+#define RPROF_MAX_PROCS       4096        /* processes with tables at once */
+
+/* rprof_unwind_row.cfa_reg: how to find the canonical frame address. */
+#define RPROF_CFA_NONE 0 /* no unwind info here: fall back to frame pointers */
+#define RPROF_CFA_RSP  1 /* CFA = rsp + cfa_offset */
+#define RPROF_CFA_RBP  2 /* CFA = rbp + cfa_offset */
+#define RPROF_CFA_PLT  3 /* PLT stub: CFA = rsp + 8, +8 more if (ip & 15) >= cfa_offset */
+#define RPROF_CFA_END  4 /* outermost frame (_start, thread start): stop, root reached */
+
+struct rprof_unwind_row {
+	__u64 pc;          /* file offset where this row starts to apply */
+	__s32 cfa_offset;
+	__s16 rbp_offset;  /* rbp saved at CFA + rbp_offset; 0: rbp unchanged */
+	__u8 cfa_reg;      /* RPROF_CFA_* */
+	__u8 _pad;
+};
+
+struct rprof_proc_map {
+	__u64 start;       /* runtime address range [start, end) */
+	__u64 end;
+	__u64 offset;      /* file offset of `start` */
+	__u32 row_start;   /* first row of the file's table */
+	__u32 row_count;   /* 0: no table for this file */
+};
+
+struct rprof_proc_info {
+	__u32 count;       /* valid entries in maps */
+	__u32 _pad;
+	struct rprof_proc_map maps[RPROF_MAX_PROC_MAPS];
+};
+
+_Static_assert(sizeof(struct rprof_unwind_row) == 16, "rprof_unwind_row must stay 16 bytes");
+_Static_assert(sizeof(struct rprof_proc_map) == 32, "rprof_proc_map must stay 32 bytes");
+
+/* rprof_sample.flags, continued */
+#define RPROF_FLAG_DWARF_UNWOUND    (1u << 2) /* user stack from the unwind tables */
+#define RPROF_FLAG_REACHED_ROOT     (1u << 3) /* the unwinder stopped at an outermost frame */
+
 /* Names user space uses to find maps and globals in the object. */
 #define RPROF_MAP_SAMPLES "samples"
 #define RPROF_MAP_TARGETS "targets"
 #define RPROF_MAP_DROPS   "drops"
-/* .rodata globals the loader sets: filter_pids, capture_kernel, wakeup_bytes. */
+#define RPROF_MAP_UNWIND_ROWS "unwind_rows"
+#define RPROF_MAP_PROCS       "unwind_procs"
+/* .rodata globals the loader sets: filter_pids, capture_kernel, wakeup_bytes, dwarf_unwind, fp_fallback. */
 
 #endif /* RPROF_ABI_H */

@@ -26,7 +26,9 @@ char LICENSE[] SEC("license") = "GPL";
  * ___rprof suffix keeps it apart from the uapi struct pt_regs.
  */
 struct pt_regs___rprof {
+	unsigned long ip;
 	unsigned long sp;
+	unsigned long bp;
 } __attribute__((preserve_access_index));
 
 /* Set by the loader before load (EbpfLoader::override_global). */
@@ -38,6 +40,10 @@ const volatile __u8 capture_kernel = 1; /* 0: --user-only */
  * wakeup per sample would cost more than the sample itself.
  */
 const volatile __u64 wakeup_bytes = 0;
+/* 1: unwind user stacks with the .eh_frame tables where a process has them. */
+const volatile __u8 dwarf_unwind = 0;
+/* 1: where no table covers the code, continue with frame pointers. */
+const volatile __u8 fp_fallback = 1;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -58,6 +64,220 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, RPROF_MAX_UNWIND_ROWS); /* resized by the loader */
+	__type(key, __u32);
+	__type(value, struct rprof_unwind_row);
+} unwind_rows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, RPROF_MAX_PROCS);
+	__type(key, __u32);   /* tgid */
+	__type(value, struct rprof_proc_info);
+} unwind_procs SEC(".maps");
+
+/* Frames being unwound, per CPU: too big for the 512-byte BPF stack. */
+struct rprof_frames {
+	__u64 pc[RPROF_MAX_FRAMES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rprof_frames);
+} unwind_scratch SEC(".maps");
+
+/* Registers of the frame being unwound, carried across bpf_loop steps. */
+struct unwind_state {
+	__u64 ip;
+	__u64 sp;
+	__u64 bp;
+	__u32 pid;
+	__u32 depth;
+	__u32 root;
+	__u32 leaf_fp; /* the leaf frame was unwound with frame pointers */
+};
+
+/*
+ * Binary searches below update their bounds without branches: with a
+ * branch per halving the verifier would walk every path (2^22 of them for
+ * the row table) instead of one. `right` is 1 when the probed entry starts
+ * at or below the key (both are below 2^63), computed with arithmetic the
+ * compiler cannot turn back into a branch (barrier_var, from bpf_helpers.h).
+ */
+
+static __always_inline __u32 le_bit(__u64 entry, __u64 key)
+{
+	__u64 right = ((key - entry) >> 63) ^ 1;
+
+	barrier_var(right);
+	return (__u32)right;
+}
+
+/* The mapping of `proc` holding pc, or NULL (unknown code: JIT, anonymous). */
+static __always_inline struct rprof_proc_map *find_map(struct rprof_proc_info *proc, __u64 pc)
+{
+	__u32 lo = 0, hi = proc->count;
+
+	if (hi > RPROF_MAX_PROC_MAPS)
+		hi = RPROF_MAX_PROC_MAPS;
+	/* Last mapping with start <= pc: 7 halvings cover 64 entries. */
+	for (int k = 0; k < 7; k++) {
+		if (lo >= hi)
+			break;
+		__u32 mid = (lo + hi) / 2;
+		__u32 right = le_bit(proc->maps[mid & (RPROF_MAX_PROC_MAPS - 1)].start, pc);
+		lo += right * (mid + 1 - lo);
+		hi = mid + right * (hi - mid);
+	}
+	if (lo == 0)
+		return NULL;
+	struct rprof_proc_map *m = &proc->maps[(lo - 1) & (RPROF_MAX_PROC_MAPS - 1)];
+	return pc < m->end ? m : NULL;
+}
+
+/* The row in effect at file offset `off`, or NULL. */
+static __always_inline struct rprof_unwind_row *find_row(struct rprof_proc_map *m, __u64 off)
+{
+	__u32 lo = m->row_start, hi = m->row_start + m->row_count;
+
+	/* Last row with pc <= off: 22 halvings cover 4M rows. */
+	for (int k = 0; k < 22; k++) {
+		if (lo >= hi)
+			break;
+		__u32 mid = lo + (hi - lo) / 2;
+		struct rprof_unwind_row *r = bpf_map_lookup_elem(&unwind_rows, &mid);
+		if (!r)
+			return NULL;
+		__u32 right = le_bit(r->pc, off);
+		lo += right * (mid + 1 - lo);
+		hi = mid + right * (hi - mid);
+	}
+	if (lo == m->row_start)
+		return NULL;
+	__u32 idx = lo - 1;
+	return bpf_map_lookup_elem(&unwind_rows, &idx);
+}
+
+/*
+ * One frame: record the pc, find its rule, compute the caller's registers.
+ * Returns 1 to stop the loop.
+ */
+static long unwind_step(__u32 i, void *ctx)
+{
+	struct unwind_state *st = ctx;
+	__u32 zero = 0;
+	struct rprof_frames *out = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	struct rprof_proc_info *proc = bpf_map_lookup_elem(&unwind_procs, &st->pid);
+	__u32 d = st->depth;
+
+	if (!out || !proc || d >= RPROF_MAX_FRAMES)
+		return 1;
+	out->pc[d] = st->ip;
+	st->depth = d + 1;
+
+	/* A return address points after its call: look up the call itself. */
+	__u64 pc = d == 0 ? st->ip : st->ip - 1;
+	struct rprof_proc_map *m = find_map(proc, pc);
+	if (!m)
+		return 1;
+
+	__u8 rule = RPROF_CFA_NONE;
+	__s32 cfa_off = 0;
+	__s16 rbp_off = 0;
+	if (m->row_count) {
+		struct rprof_unwind_row *r = find_row(m, pc - m->start + m->offset);
+		if (r) {
+			rule = r->cfa_reg;
+			cfa_off = r->cfa_offset;
+			rbp_off = r->rbp_offset;
+		}
+	}
+
+	__u64 cfa;
+	switch (rule) {
+	case RPROF_CFA_END:
+		st->root = 1;
+		return 1;
+	case RPROF_CFA_RSP:
+		cfa = st->sp + cfa_off;
+		break;
+	case RPROF_CFA_RBP:
+		cfa = st->bp + cfa_off;
+		break;
+	case RPROF_CFA_PLT:
+		cfa = st->sp + 8 + ((st->ip & 15) >= (__u64)cfa_off ? 8 : 0);
+		break;
+	default:
+		/* No table here (Go code, hand-written asm): frame pointers. */
+		if (!fp_fallback || !st->bp)
+			return 1;
+		if (d == 0)
+			st->leaf_fp = 1;
+		cfa = st->bp + 16;
+		rbp_off = -16;
+		break;
+	}
+
+	__u64 ra = 0;
+	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8)) < 0 || !ra)
+		return 1;
+	if (rbp_off) {
+		__u64 bp = 0;
+		if (bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + rbp_off)) < 0)
+			return 1;
+		st->bp = bp;
+	}
+	st->sp = cfa;
+	st->ip = ra;
+	return 0;
+}
+
+/*
+ * Unwinds the current task's user stack with the tables into s->user_stack.
+ * Returns the number of frames, or -1 if this process has no tables.
+ */
+static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid)
+{
+	if (!dwarf_unwind || !bpf_map_lookup_elem(&unwind_procs, &tgid))
+		return -1;
+
+	struct pt_regs___rprof *uregs = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct unwind_state st = {
+		.ip = BPF_CORE_READ(uregs, ip),
+		.sp = BPF_CORE_READ(uregs, sp),
+		.bp = BPF_CORE_READ(uregs, bp),
+		.pid = tgid,
+	};
+	/* Kernel threads have no user registers worth reading. */
+	if (!st.ip)
+		return 0;
+	__u64 sp0 = st.sp;
+	bpf_loop(RPROF_MAX_FRAMES, unwind_step, &st, 0);
+
+	__u32 zero = 0;
+	struct rprof_frames *out = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	__u32 n = st.depth;
+	if (!out || n == 0)
+		return 0;
+	if (n > RPROF_MAX_FRAMES)
+		n = RPROF_MAX_FRAMES;
+	bpf_probe_read_kernel(s->user_stack, n * sizeof(__u64), out->pc);
+	if (st.root)
+		s->flags |= RPROF_FLAG_REACHED_ROOT;
+	/* A frameless leaf hides its caller from frame pointers: hand user
+	 * space the word at the stack pointer, as in frame-pointer mode. */
+	if (st.leaf_fp &&
+	    bpf_probe_read_user(&s->user_sp_word, sizeof(s->user_sp_word), (void *)sp0) < 0)
+		s->user_sp_word = 0;
+	s->flags |= RPROF_FLAG_DWARF_UNWOUND;
+	return n;
+}
 
 SEC("perf_event")
 int rprof_sample_stack(struct bpf_perf_event_data *ctx)
@@ -89,26 +309,25 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 	s->period = ctx->sample_period;
 	bpf_get_current_comm(s->comm, sizeof(s->comm));
 
-	/* regs are the interrupted context: user registers only if CPL is 3. */
 	s->user_sp_word = 0;
-	if ((ctx->regs.cs & 3) == 3 &&
-	    bpf_probe_read_user(&s->user_sp_word, sizeof(s->user_sp_word), (void *)ctx->regs.rsp) < 0)
-		s->user_sp_word = 0;
-
-	long n = bpf_get_stack(ctx, s->user_stack, sizeof(s->user_stack), BPF_F_USER_STACK);
-	if (n < 0) {
-		s->flags |= RPROF_FLAG_USER_STACK_ERR;
-		n = 0;
+	long n = unwind_user(s, tgid);
+	if (n >= 0) {
+		s->user_frames = n;
+	} else {
+		n = bpf_get_stack(ctx, s->user_stack, sizeof(s->user_stack), BPF_F_USER_STACK);
+		if (n < 0) {
+			s->flags |= RPROF_FLAG_USER_STACK_ERR;
+			n = 0;
+		}
+		s->user_frames = n / sizeof(__u64);
 	}
-	s->user_frames = n / sizeof(__u64);
 
 	/*
 	 * The word at the user stack pointer, from the task's saved user
 	 * registers: right for samples in user and in kernel mode (a syscall
 	 * from a frameless libc wrapper). Kernel threads have no user stack.
 	 */
-	s->user_sp_word = 0;
-	if (n > 0) {
+	if (n > 0 && !(s->flags & RPROF_FLAG_DWARF_UNWOUND)) {
 		struct pt_regs___rprof *uregs =
 			(void *)bpf_task_pt_regs(bpf_get_current_task_btf());
 		unsigned long sp = BPF_CORE_READ(uregs, sp);

@@ -15,6 +15,82 @@ pub const FLAG_USER_STACK_ERR: u32 = 1 << 0;
 /// `bpf_get_stack` failed for the kernel stack.
 pub const FLAG_KERNEL_STACK_ERR: u32 = 1 << 1;
 
+/// The user stack came from the unwind tables.
+pub const FLAG_DWARF_UNWOUND: u32 = 1 << 2;
+/// The unwinder stopped at an outermost frame (`_start`, thread start).
+pub const FLAG_REACHED_ROOT: u32 = 1 << 3;
+
+/// Default capacity of the shared unwind-row array (`RPROF_MAX_UNWIND_ROWS`).
+pub const MAX_UNWIND_ROWS: u32 = 1 << 21;
+/// Executable mappings per process in [`ProcInfo`] (`RPROF_MAX_PROC_MAPS`).
+pub const MAX_PROC_MAPS: usize = 64;
+/// Processes with unwind tables at once (`RPROF_MAX_PROCS`).
+pub const MAX_PROCS: u32 = 4096;
+
+/// [`UnwindRow::cfa_reg`]: no unwind info; use frame pointers.
+pub const CFA_NONE: u8 = 0;
+/// CFA = rsp + offset.
+pub const CFA_RSP: u8 = 1;
+/// CFA = rbp + offset.
+pub const CFA_RBP: u8 = 2;
+/// PLT stub: CFA = rsp + 8 (+8 if `(ip & 15) >= cfa_offset`).
+pub const CFA_PLT: u8 = 3;
+/// Outermost frame: stop, the root is reached.
+pub const CFA_END: u8 = 4;
+
+/// Shared array of [`UnwindRow`]s (mmap-able).
+pub const MAP_UNWIND_ROWS: &str = "unwind_rows";
+/// Hash map tgid → [`ProcInfo`].
+pub const MAP_PROCS: &str = "unwind_procs";
+/// `.rodata` global: 1 to unwind with the tables where available.
+pub const GLOBAL_DWARF_UNWIND: &str = "dwarf_unwind";
+/// `.rodata` global: 1 to use frame pointers where no table covers the code.
+pub const GLOBAL_FP_FALLBACK: &str = "fp_fallback";
+
+/// One unwind rule, in effect from `pc` (a file offset) to the next row.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    pub pc: u64,
+    pub cfa_offset: i32,
+    /// rbp is saved at CFA + this; 0 means rbp is unchanged.
+    pub rbp_offset: i16,
+    /// One of the `CFA_*` constants.
+    pub cfa_reg: u8,
+    pub _pad: u8,
+}
+
+/// One executable mapping of a process, pointing at its file's rows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcMap {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub row_start: u32,
+    /// 0: no table, frame pointers.
+    pub row_count: u32,
+}
+
+/// The executable mappings of one process, sorted by start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcInfo {
+    pub count: u32,
+    pub _pad: u32,
+    pub maps: [ProcMap; MAX_PROC_MAPS],
+}
+
+impl Default for ProcInfo {
+    fn default() -> Self {
+        ProcInfo {
+            count: 0,
+            _pad: 0,
+            maps: [ProcMap::default(); MAX_PROC_MAPS],
+        }
+    }
+}
+
 /// Ring buffer of [`Sample`] records.
 pub const MAP_SAMPLES: &str = "samples";
 /// Hash map of wanted tgids (key `u32`, value `u8`).
@@ -105,6 +181,13 @@ int main(void) {
     printf("MAX_FRAMES %d\nCOMM_LEN %d\nMAX_TARGETS %d\n", RPROF_MAX_FRAMES, RPROF_COMM_LEN, RPROF_MAX_TARGETS);
     printf("FLAG_USER_STACK_ERR %u\nFLAG_KERNEL_STACK_ERR %u\n", RPROF_FLAG_USER_STACK_ERR, RPROF_FLAG_KERNEL_STACK_ERR);
     printf("MAP_SAMPLES %s\nMAP_TARGETS %s\nMAP_DROPS %s\n", RPROF_MAP_SAMPLES, RPROF_MAP_TARGETS, RPROF_MAP_DROPS);
+    printf("FLAG_DWARF_UNWOUND %u\nFLAG_REACHED_ROOT %u\n", RPROF_FLAG_DWARF_UNWOUND, RPROF_FLAG_REACHED_ROOT);
+    printf("MAX_UNWIND_ROWS %u\nMAX_PROC_MAPS %d\nMAX_PROCS %d\n", RPROF_MAX_UNWIND_ROWS, RPROF_MAX_PROC_MAPS, RPROF_MAX_PROCS);
+    printf("CFA %d %d %d %d %d\n", RPROF_CFA_NONE, RPROF_CFA_RSP, RPROF_CFA_RBP, RPROF_CFA_PLT, RPROF_CFA_END);
+    printf("MAP_UNWIND_ROWS %s\nMAP_PROCS %s\n", RPROF_MAP_UNWIND_ROWS, RPROF_MAP_PROCS);
+    printf("row %zu %zu %zu %zu %zu\n", sizeof(struct rprof_unwind_row), offsetof(struct rprof_unwind_row, pc), offsetof(struct rprof_unwind_row, cfa_offset), offsetof(struct rprof_unwind_row, rbp_offset), offsetof(struct rprof_unwind_row, cfa_reg));
+    printf("map %zu %zu %zu %zu %zu %zu\n", sizeof(struct rprof_proc_map), offsetof(struct rprof_proc_map, start), offsetof(struct rprof_proc_map, end), offsetof(struct rprof_proc_map, offset), offsetof(struct rprof_proc_map, row_start), offsetof(struct rprof_proc_map, row_count));
+    printf("proc %zu %zu %zu\n", sizeof(struct rprof_proc_info), offsetof(struct rprof_proc_info, count), offsetof(struct rprof_proc_info, maps));
     return 0;
 }
 "#,
@@ -148,6 +231,46 @@ int main(void) {
             ("MAP_SAMPLES", MAP_SAMPLES.to_string()),
             ("MAP_TARGETS", MAP_TARGETS.to_string()),
             ("MAP_DROPS", MAP_DROPS.to_string()),
+            ("FLAG_DWARF_UNWOUND", FLAG_DWARF_UNWOUND.to_string()),
+            ("FLAG_REACHED_ROOT", FLAG_REACHED_ROOT.to_string()),
+            ("MAX_UNWIND_ROWS", MAX_UNWIND_ROWS.to_string()),
+            ("MAX_PROC_MAPS", MAX_PROC_MAPS.to_string()),
+            ("MAX_PROCS", MAX_PROCS.to_string()),
+            ("CFA", format!("{CFA_NONE} {CFA_RSP} {CFA_RBP} {CFA_PLT} {CFA_END}")),
+            ("MAP_UNWIND_ROWS", MAP_UNWIND_ROWS.to_string()),
+            ("MAP_PROCS", MAP_PROCS.to_string()),
+            (
+                "row",
+                format!(
+                    "{} {} {} {} {}",
+                    size_of::<UnwindRow>(),
+                    offset_of!(UnwindRow, pc),
+                    offset_of!(UnwindRow, cfa_offset),
+                    offset_of!(UnwindRow, rbp_offset),
+                    offset_of!(UnwindRow, cfa_reg)
+                ),
+            ),
+            (
+                "map",
+                format!(
+                    "{} {} {} {} {} {}",
+                    size_of::<ProcMap>(),
+                    offset_of!(ProcMap, start),
+                    offset_of!(ProcMap, end),
+                    offset_of!(ProcMap, offset),
+                    offset_of!(ProcMap, row_start),
+                    offset_of!(ProcMap, row_count)
+                ),
+            ),
+            (
+                "proc",
+                format!(
+                    "{} {} {}",
+                    size_of::<ProcInfo>(),
+                    offset_of!(ProcInfo, count),
+                    offset_of!(ProcInfo, maps)
+                ),
+            ),
         ];
         let expected: String = rust.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
         assert_eq!(c, expected);

@@ -20,6 +20,9 @@ pub struct Meta {
     /// The command line, for the comment.
     pub command: String,
     pub lost: u64,
+    /// BPF program run time and count (zero unless kernel.bpf_stats_enabled).
+    pub bpf_run_ns: u64,
+    pub bpf_run_cnt: u64,
 }
 
 /// Name of the kernel mapping, as perf and pprof spell it.
@@ -211,7 +214,7 @@ pub fn build(
 }
 
 /// The header: sample types, period, time, comments.
-fn header(b: &mut ProfileBuilder, meta: &Meta) {
+pub(crate) fn header(b: &mut ProfileBuilder, meta: &Meta) {
     let period = 1_000_000_000 / meta.frequency.max(1) as i64;
     match meta.event {
         Event::CpuClock => {
@@ -231,6 +234,12 @@ fn header(b: &mut ProfileBuilder, meta: &Meta) {
         meta.frequency,
         meta.lost
     ));
+    if meta.bpf_run_cnt > 0 {
+        b.comment(&format!(
+            "bpf_run_time_ns={} bpf_run_count={}",
+            meta.bpf_run_ns, meta.bpf_run_cnt
+        ));
+    }
 }
 
 /// A pprof line for a frame, interning its function.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use rprof_bpf::capture::Event;
+use rprof_bpf::capture::{Event, Unwind};
 use rprof_bpf::record::{self, RecordError, RecordOptions};
 
 /// eBPF-based CPU profiler that writes pprof.
@@ -24,9 +24,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Read a pprof file: top table, flame graph, collapsed stacks.
-    Report(ReportStub),
+    Report(rprof_bpf::report::ReportArgs),
     /// Name the frames of a raw (--no-symbolize) profile from files found by build ID.
     Symbolize(rprof_bpf::offline::SymbolizeArgs),
+    /// Node agent: profile every process continuously; serve, push and write profiles.
+    Agent(rprof_bpf::agent::AgentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -55,13 +57,17 @@ struct RecordArgs {
     /// No progress bar and no summary table.
     #[arg(short, long)]
     quiet: bool,
+    /// How user stacks are unwound: `auto` uses .eh_frame tables where a
+    /// binary has them and frame pointers elsewhere.
+    #[arg(long, value_enum, default_value_t = Unwind::Auto)]
+    unwind: Unwind,
+    /// Rows in the kernel's unwind table (16 bytes each).
+    #[arg(long, default_value_t = profiler_ebpf::abi::MAX_UNWIND_ROWS, value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
+    unwind_rows: u32,
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
     ring_size: u32,
 }
-
-#[derive(Args, Debug)]
-struct ReportStub {}
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let kib: u32 = s
@@ -76,7 +82,7 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Report(_args)) => match Ok::<(), String>(()) {
+        Some(Command::Report(args)) => match rprof_bpf::report::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rprof-bpf: {e:#}");
@@ -88,6 +94,14 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("rprof-bpf: error: {e:#}");
                 ExitCode::from(1)
+            }
+        },
+        Some(Command::Agent(args)) => match rprof_bpf::agent::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rprof-bpf: error: {e:#}");
+                let usage = e.is::<rprof_bpf::agent::UsageError>();
+                ExitCode::from(if usage { 2 } else { 1 })
             }
         },
         None => record_main(cli.record),
@@ -105,6 +119,8 @@ fn record_main(a: RecordArgs) -> ExitCode {
         output: a.output,
         quiet: a.quiet,
         ring_bytes: a.ring_size * 1024,
+        unwind: a.unwind,
+        unwind_rows: a.unwind_rows,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     match record::run(&opts) {
@@ -118,6 +134,9 @@ fn record_main(a: RecordArgs) -> ExitCode {
                 opts.output.display(),
                 human_size(s.bytes)
             );
+            if let Some(ns) = s.bpf_ns_per_run {
+                eprintln!("rprof-bpf: BPF program cost {:.2} us per run", ns / 1000.0);
+            }
             ExitCode::SUCCESS
         }
         Err(RecordError::Usage(m)) => {

@@ -75,15 +75,16 @@ impl<'a> Normalizer<'a> {
 }
 
 /// Checks a new stack's addresses against the process's maps while it is
-/// still alive, re-reading them once if any address misses (a dlopen or
-/// exec since the last snapshot).
-pub fn check_stack(procs: &mut ProcessTable, pid: u32, user: &[u64]) {
+/// still alive, re-reading them if any address misses (a dlopen or exec
+/// since the last snapshot). Returns true when the maps were re-read.
+pub fn check_stack(procs: &mut ProcessTable, pid: u32, user: &[u64]) -> bool {
     let Some(p) = procs.observe(pid) else {
-        return;
+        return false;
     };
     if user.iter().any(|&a| p.find(a).is_none()) {
-        procs.refresh(pid);
+        return procs.refresh(pid);
     }
+    false
 }
 
 #[cfg(test)]

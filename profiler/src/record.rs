@@ -8,13 +8,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::aggregate::Aggregate;
-use crate::capture::{Capture, CaptureConfig, Event, StopReason};
+use crate::capture::{Capture, CaptureConfig, Event, StopReason, Unwind};
 use crate::encode::{self, Meta};
 use crate::pprof;
 use crate::preflight::{self, PreflightError};
 use crate::process::ProcessTable;
 use crate::symbolize::Symbolizer;
 use crate::unwind::leaf::LeafFixer;
+use crate::unwind::loader::Unwinder;
 
 /// Everything `record` needs from the command line.
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct RecordOptions {
     pub output: PathBuf,
     pub quiet: bool,
     pub ring_bytes: u32,
+    pub unwind: Unwind,
+    pub unwind_rows: u32,
     /// The command line, recorded in the profile's comment.
     pub command: String,
 }
@@ -60,6 +63,9 @@ pub struct Summary {
     pub processes: usize,
     pub bytes: usize,
     pub stop: StopReason,
+    /// Mean BPF program run time per invocation in ns, when the kernel's
+    /// BPF statistics are on.
+    pub bpf_ns_per_run: Option<f64>,
 }
 
 /// Runs the pipeline end to end.
@@ -85,6 +91,8 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         event: opts.event,
         kernel: !opts.user_only,
         ring_bytes: opts.ring_bytes,
+        unwind: opts.unwind,
+        unwind_rows: opts.unwind_rows,
     };
     let mut procs = ProcessTable::new();
     // Snapshot the targets before the first sample: a process that exits
@@ -92,7 +100,15 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
     for &pid in &opts.pids {
         procs.observe(pid);
     }
-    let mut capture = Capture::start(config).map_err(|e| RecordError::Runtime(e.to_string()))?;
+    let runtime = |e: crate::capture::CaptureError| RecordError::Runtime(e.to_string());
+    let mut capture = Capture::load(config).map_err(runtime)?;
+    let mut unwinder = capture.take_unwinder();
+    if let Some(u) = unwinder.as_mut() {
+        for &pid in &opts.pids {
+            load_tables(u, &procs, pid);
+        }
+    }
+    capture.attach().map_err(runtime)?;
     let started = Instant::now();
     let start_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -119,9 +135,16 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         .run(
             total,
             |s| {
+                if procs.get(s.pid).is_none() && procs.observe(s.pid).is_some() {
+                    if let Some(u) = unwinder.as_mut() {
+                        load_tables(u, &procs, s.pid);
+                    }
+                }
                 let user = leaf.user_stack(&mut procs, s.pid, s.user_stack(), s.user_sp_word);
-                if agg.add(s, &user) {
-                    crate::normalize::check_stack(&mut procs, s.pid, &user);
+                if agg.add(s, &user) && crate::normalize::check_stack(&mut procs, s.pid, &user) {
+                    if let Some(u) = unwinder.as_mut() {
+                        load_tables(u, &procs, s.pid);
+                    }
                 }
             },
             |stats| {
@@ -135,6 +158,18 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
     bar.finish_and_clear();
     let stats = capture.stats();
     let event = capture.event;
+    if let (Some(u), false) = (unwinder.as_ref(), opts.quiet) {
+        let st = u.stats();
+        eprintln!(
+            "unwind tables: {} binaries, {} of {} rows ({:.1} MiB), {} processes, built in {} ms",
+            st.binaries,
+            st.rows,
+            st.capacity,
+            f64::from(st.rows) * 16.0 / (1024.0 * 1024.0),
+            st.processes,
+            st.build_time.as_millis()
+        );
+    }
     let duration = started.elapsed();
     // Detaches everything before the (possibly long) symbolization.
     drop(capture);
@@ -164,21 +199,82 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         duration_nanos: duration.as_nanos() as i64,
         command: opts.command.clone(),
         lost: stats.lost,
+        bpf_run_ns: stats.bpf_run_ns,
+        bpf_run_cnt: stats.bpf_run_cnt,
     };
     let mut symbolizer = (!opts.no_symbolize).then(|| Symbolizer::new(!opts.user_only));
     let profile = encode::build(&agg, &procs, symbolizer.as_mut(), &meta);
-    let bytes = pprof::encode_gzip(&profile);
-    pprof::write_file_atomic(&opts.output, &bytes).map_err(|e| {
-        RecordError::Runtime(format!("cannot write {}: {e}", opts.output.display()))
-    })?;
+    let bytes = write_output(&profile, &opts.output)?;
+    if !opts.quiet && OutputKind::of(&opts.output) == OutputKind::Pprof {
+        match crate::report::top_table(&profile, 10) {
+            Ok(table) => eprint!("{table}"),
+            Err(e) => eprintln!("(no summary table: {e})"),
+        }
+    }
 
     Ok(Summary {
         samples: agg.samples(),
         lost: stats.lost,
         processes: agg.pids().len(),
-        bytes: bytes.len(),
+        bytes,
         stop,
+        bpf_ns_per_run: (stats.bpf_run_cnt > 0)
+            .then(|| stats.bpf_run_ns as f64 / stats.bpf_run_cnt as f64),
     })
+}
+
+/// Gives a process its unwind tables; a failure only costs that process
+/// its table-driven stacks, so it is reported, not fatal.
+fn load_tables(u: &mut Unwinder, procs: &ProcessTable, pid: u32) {
+    if let Some(p) = procs.get(pid) {
+        if let Err(e) = u.load_process(p) {
+            eprintln!("warning: {e}");
+        }
+    }
+}
+
+/// What `-o` asks for, by its extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Anything else: gzipped pprof.
+    Pprof,
+    /// `.svg`: an interactive flame graph.
+    FlameGraph,
+    /// `.txt` or `.folded`: collapsed stacks.
+    Collapsed,
+}
+
+impl OutputKind {
+    pub fn of(path: &std::path::Path) -> OutputKind {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("svg") => OutputKind::FlameGraph,
+            Some("txt" | "folded") => OutputKind::Collapsed,
+            _ => OutputKind::Pprof,
+        }
+    }
+}
+
+/// Writes the profile in the form the output's extension asks for,
+/// atomically. Returns the size written.
+fn write_output(profile: &pprof::Profile, path: &std::path::Path) -> Result<usize, RecordError> {
+    let runtime = |e: String| RecordError::Runtime(format!("cannot write {}: {e}", path.display()));
+    let bytes = match OutputKind::of(path) {
+        OutputKind::Pprof => pprof::encode_gzip(profile),
+        OutputKind::FlameGraph => {
+            let mut out = Vec::new();
+            let title = crate::report::default_title(profile).map_err(|e| runtime(e.to_string()))?;
+            crate::report::write_flamegraph(profile, &title, &mut out)
+                .map_err(|e| runtime(e.to_string()))?;
+            out
+        }
+        OutputKind::Collapsed => {
+            let mut out = Vec::new();
+            crate::report::write_collapsed(profile, &mut out).map_err(|e| runtime(e.to_string()))?;
+            out
+        }
+    };
+    pprof::write_file_atomic(path, &bytes).map_err(|e| runtime(e.to_string()))?;
+    Ok(bytes.len())
 }
 
 /// Every binary of every profiled process stays open until symbolization:

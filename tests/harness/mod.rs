@@ -241,6 +241,59 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     rprof_bpf::process::cpu_seconds(pid).expect("reading /proc/PID/stat")
 }
 
+/// Follows a process's CPU time in the background, so that the CPU it used
+/// during exactly the profile's time range can be computed afterwards, even
+/// when other processes compete for the CPUs.
+pub struct CpuTracker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(i64, f64)>>>,
+}
+
+impl CpuTracker {
+    /// Starts polling `pid` every 10 ms.
+    pub fn start(pid: u32) -> CpuTracker {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut points = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as i64;
+                if let Some(c) = rprof_bpf::process::cpu_seconds(pid) {
+                    points.push((now, c));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            points
+        });
+        CpuTracker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// CPU seconds the process used between two wall-clock instants (ns
+    /// since the epoch), interpolated between polls.
+    pub fn cpu_between(mut self, from: i64, to: i64) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let points = self.thread.take().unwrap().join().unwrap();
+        let at = |t: i64| -> f64 {
+            let i = points.partition_point(|p| p.0 <= t);
+            match (i.checked_sub(1).and_then(|j| points.get(j)), points.get(i)) {
+                (Some(a), Some(b)) if b.0 > a.0 => {
+                    a.1 + (b.1 - a.1) * (t - a.0) as f64 / (b.0 - a.0) as f64
+                }
+                (Some(a), _) => a.1,
+                (None, Some(b)) => b.1,
+                (None, None) => 0.0,
+            }
+        };
+        at(to) - at(from)
+    }
+}
+
 /// Measures a running process's CPU use (cores busy) over a short window.
 pub fn utilization(pid: u32, window: Duration) -> f64 {
     let c0 = cpu_seconds(pid);

@@ -1,7 +1,500 @@
-//! Benchmarks (filled in by the benchmark issue).
+//! `cargo xtask bench [--quick]`: overhead against `perf`, cost per sample,
+//! accuracy against Go's own profiler, and symbolization speed. Writes
+//! `BENCHMARKS.md`.
+//!
+//! The machine is noisy, so comparisons run their candidates in turns within
+//! one run, and report medians over the rounds and ratios.
 
-use anyhow::{bail, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-pub fn run(_args: &[String]) -> Result<()> {
-    bail!("benchmarks are not implemented yet")
+use anyhow::{bail, Context, Result};
+
+use crate::deps::workspace_root;
+
+/// What one measured command cost.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cost {
+    /// User + system CPU seconds of the command and its children.
+    cpu: f64,
+    /// Peak resident set, MiB.
+    rss_mib: f64,
+    wall: f64,
+}
+
+/// Runs `cmd` to completion and measures it with wait4(2).
+fn measure(cmd: &mut Command) -> Result<(Cost, String)> {
+    let t0 = Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let pid = child.id() as i32;
+    let mut stderr = child.stderr.expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid, and wait4 writes into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child with valid pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if r != pid {
+        bail!("wait4 failed for {:?}", cmd.get_program());
+    }
+    let err = reader.join().unwrap_or_default();
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{:?} failed:\n{err}", cmd.get_program());
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok((
+        Cost {
+            cpu: secs(ru.ru_utime) + secs(ru.ru_stime),
+            rss_mib: ru.ru_maxrss as f64 / 1024.0,
+            wall: t0.elapsed().as_secs_f64(),
+        },
+        err,
+    ))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Busy processes, killed on drop.
+struct Load(Vec<std::process::Child>);
+
+impl Load {
+    fn start(exe: &Path, n: usize) -> Result<Load> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(
+                Command::new(exe)
+                    .arg("100000")
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Load(v))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Env {
+    root: PathBuf,
+    out: PathBuf,
+    rprof: PathBuf,
+    go: PathBuf,
+    ncpu: usize,
+}
+
+impl Env {
+    fn rprof(&self) -> Command {
+        Command::new(&self.rprof)
+    }
+
+    fn go(&self) -> Command {
+        let mut c = Command::new(&self.go);
+        c.env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "-mod=mod")
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", self.root.join("target/go-cache"));
+        c
+    }
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !st.success() {
+        bail!("{:?} failed", cmd.get_program());
+    }
+    Ok(())
+}
+
+/// Parses the number before `marker` in rprof-bpf's summary (e.g. "123
+/// samples").
+fn number_before(text: &str, marker: &str) -> Option<f64> {
+    let i = text.find(marker)?;
+    text[..i].split_whitespace().last()?.parse().ok()
+}
+
+/// Parses "BPF program cost 1.23 us per run".
+fn bpf_cost_us(text: &str) -> Option<f64> {
+    let i = text.find("BPF program cost ")? + "BPF program cost ".len();
+    text[i..].split_whitespace().next()?.parse().ok()
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    crate::deps::install()?;
+    let root = workspace_root();
+    sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "rprof-bpf"])
+        .current_dir(&root))?;
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let env = Env {
+        rprof: root.join("target/release/rprof-bpf"),
+        go: root.join(".venv-go/bin/go"),
+        ncpu: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        out,
+        root,
+    };
+    let spin = env.out.join("spin");
+    sh(Command::new("gcc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer"])
+        .arg(env.root.join("tests/fixtures/c/spin.c"))
+        .arg("-o")
+        .arg(&spin))?;
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+        .context("enabling kernel.bpf_stats_enabled (needs root)")?;
+
+    let mut md = String::new();
+    header(&mut md, quick)?;
+    let rounds = if quick { 1 } else { 3 };
+    overhead(&env, &spin, rounds, &mut md)?;
+    per_sample(&env, &spin, rounds, if quick { 5 } else { 10 }, &mut md)?;
+    accuracy(&env, &mut md)?;
+    symbolization(&env, quick, &mut md)?;
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+
+    let path = env.root.join("BENCHMARKS.md");
+    std::fs::write(&path, &md)?;
+    println!("{md}");
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn header(md: &mut String, quick: bool) -> Result<()> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = String::from_utf8(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()?.stdout)?;
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    writeln!(md, "# rprof-bpf benchmarks\n")?;
+    writeln!(
+        md,
+        "Written by `cargo xtask bench{}`; rerun it to refresh. Medians over rounds run in turns.\n",
+        if quick { " --quick" } else { "" }
+    )?;
+    writeln!(md, "| machine | |\n| --- | --- |")?;
+    writeln!(md, "| CPU | {} x {cpu} |", std::thread::available_parallelism().map_or(1, |n| n.get()))?;
+    writeln!(md, "| memory | {} |", mem.trim_start_matches("MemTotal:").trim())?;
+    writeln!(md, "| kernel | {} |", kernel.trim())?;
+    writeln!(md, "| date | {} |\n", date.trim())?;
+    Ok(())
+}
+
+/// Case 1: system-wide at 100 Hz, one busy process per CPU, 20 s.
+fn overhead(env: &Env, spin: &Path, rounds: usize, md: &mut String) -> Result<()> {
+    const SECS: u64 = 20;
+    let _load = Load::start(spin, env.ncpu)?;
+    let sampled = (env.ncpu as u64 * SECS) as f64;
+    let (mut r_cpu, mut r_rss, mut r_bpf, mut p_cpu, mut p_rss) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut samples = vec![];
+    let mut lost = vec![];
+    for round in 0..rounds {
+        eprintln!("bench: overhead round {}/{rounds}", round + 1);
+        let out = env.out.join("sys.pb.gz");
+        let (c, err) = measure(env.rprof().args(["--seconds", &SECS.to_string(), "-q", "-o"]).arg(&out))?;
+        r_cpu.push(c.cpu);
+        r_rss.push(c.rss_mib);
+        r_bpf.push(bpf_cost_us(&err).unwrap_or(f64::NAN));
+        samples.push(number_before(&err, " samples").unwrap_or(0.0));
+        lost.push(number_before(&err, " lost").unwrap_or(f64::NAN));
+
+        let data = env.out.join("perf.data");
+        let (rec, _) = measure(
+            Command::new("perf")
+                .args(["record", "-F", "100", "-a", "-g", "-q", "-o"])
+                .arg(&data)
+                .args(["--", "sleep", &SECS.to_string()]),
+        )?;
+        let (rep, _) = measure(Command::new("perf").args(["report", "--stdio", "-i"]).arg(&data))?;
+        p_cpu.push(rec.cpu + rep.cpu);
+        p_rss.push(rec.rss_mib.max(rep.rss_mib));
+    }
+    let (rc, pc) = (median(r_cpu), median(p_cpu));
+    let (rr, pr) = (median(r_rss), median(p_rss));
+    let bpf = median(r_bpf);
+    writeln!(md, "## 1. Overhead: system-wide, 100 Hz, {} busy processes, {SECS} s\n", env.ncpu)?;
+    writeln!(md, "| | rprof-bpf | perf record -g + perf report | ratio |\n| --- | --- | --- | --- |")?;
+    writeln!(md, "| profiler CPU (user+sys, incl. symbolize + write) | {rc:.3} s | {pc:.3} s | {:.2} |", rc / pc)?;
+    writeln!(md, "| as share of sampled CPU time ({sampled:.0} s) | {:.3}% | {:.3}% | |", 100.0 * rc / sampled, 100.0 * pc / sampled)?;
+    writeln!(md, "| peak RSS | {rr:.1} MiB | {pr:.1} MiB | {:.2} |", rr / pr)?;
+    writeln!(md, "| BPF program time per run | {bpf:.2} µs | (in-kernel, not measurable) | |")?;
+    writeln!(md, "| samples / lost | {:.0} / {:.0} | | |\n", median(samples), median(lost))?;
+    writeln!(
+        md,
+        "Goals: CPU ≤ 0.15% of sampled time and below perf's: **{}**; BPF ≤ 1.5 µs per frame-pointer sample: **{}**; RSS ≤ 25 MB: **{}**.\n",
+        verdict(100.0 * rc / sampled <= 0.15 && rc < pc),
+        verdict(bpf <= 1.5),
+        verdict(rr <= 25.0 * 1e6 / (1024.0 * 1024.0)),
+    )?;
+    Ok(())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "not met"
+    }
+}
+
+/// Case 2: the same at 1000 Hz: cost per sample and lost samples.
+fn per_sample(env: &Env, spin: &Path, rounds: usize, secs: u64, md: &mut String) -> Result<()> {
+    let _load = Load::start(spin, env.ncpu)?;
+    let (mut user, mut bpf, mut lost, mut samples) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        eprintln!("bench: 1000 Hz round {}/{rounds}", round + 1);
+        let out = env.out.join("k.pb.gz");
+        let (c, err) = measure(
+            env.rprof()
+                .args(["-F", "1000", "--seconds", &secs.to_string(), "-q", "-o"])
+                .arg(&out),
+        )?;
+        let n = number_before(&err, " samples").unwrap_or(f64::NAN);
+        samples.push(n);
+        user.push(c.cpu * 1e6 / n);
+        bpf.push(bpf_cost_us(&err).unwrap_or(f64::NAN));
+        lost.push(number_before(&err, " lost").unwrap_or(f64::NAN));
+    }
+    let l = median(lost);
+    writeln!(md, "## 2. Steady state at 1000 Hz ({secs} s, {} busy processes)\n", env.ncpu)?;
+    writeln!(md, "| user-space CPU per sample | BPF per sample | samples | lost |\n| --- | --- | --- | --- |")?;
+    writeln!(
+        md,
+        "| {:.1} µs | {:.2} µs | {:.0} | {l:.0} |\n",
+        median(user),
+        median(bpf),
+        median(samples)
+    )?;
+    writeln!(md, "Goal: 0 lost: **{}**.\n", verdict(l == 0.0))?;
+    Ok(())
+}
+
+/// Flat and cum shares (percent) by function from `rprof-bpf report`.
+fn shares(env: &Env, file: &Path) -> Result<Vec<(String, f64, f64)>> {
+    let o = env
+        .rprof()
+        .args(["report", "--nodecount", "100"])
+        .arg(file)
+        .output()?;
+    if !o.status.success() {
+        bail!("report failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let rows = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let pct = |s: &str| s.trim_end_matches('%').parse::<f64>().ok();
+            Some((f.get(5..)?.join(" "), pct(f.get(1)?)?, pct(f.get(4)?)?))
+        })
+        .collect();
+    Ok(rows)
+}
+
+/// Case 3: a Go program with a known split, against its own runtime/pprof.
+fn accuracy(env: &Env, md: &mut String) -> Result<()> {
+    eprintln!("bench: accuracy against Go's own profile");
+    let exe = env.out.join("goinline");
+    sh(env
+        .go()
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(".")
+        .current_dir(env.root.join("tests/fixtures/goinline")))?;
+    let go_prof = env.out.join("go-own.pb.gz");
+    let mut child = Command::new(&exe)
+        .args(["-seconds", "12", "-cpuprofile"])
+        .arg(&go_prof)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let ours = env.out.join("go-ours.pb.gz");
+    let (_, _) = measure(
+        env.rprof()
+            .args(["--pid", &child.id().to_string(), "--seconds", "10", "-q", "-o"])
+            .arg(&ours),
+    )?;
+    child.wait()?;
+    let theirs = shares(env, &go_prof)?;
+    let mine = shares(env, &ours)?;
+    writeln!(md, "## 3. Accuracy against Go's own profiler\n")?;
+    writeln!(md, "The `goinline` fixture splits its work 60/30/10 between `main.hot60`, `main.warm30` (inlined) and `main.cool10`; all three call `main.mix`, which is always inlined. It writes its own runtime/pprof profile while rprof-bpf profiles it.\n")?;
+    writeln!(md, "| function | by construction | Go flat% | rprof-bpf flat% | Go cum% | rprof-bpf cum% | largest difference (pp) |\n| --- | --- | --- | --- | --- | --- | --- |")?;
+    let mut worst: f64 = 0.0;
+    let find = |rows: &[(String, f64, f64)], name: &str| {
+        rows.iter()
+            .find(|r| r.0 == name)
+            .map_or((0.0, 0.0), |r| (r.1, r.2))
+    };
+    for (name, split) in [
+        ("main.hot60", "60%"),
+        ("main.warm30", "30%"),
+        ("main.cool10", "10%"),
+        ("main.mix", "(inlined leaf)"),
+        ("main.main", ""),
+    ] {
+        let (gf, gc) = find(&theirs, name);
+        let (of, oc) = find(&mine, name);
+        let d = (gf - of).abs().max((gc - oc).abs());
+        worst = worst.max(d);
+        writeln!(md, "| `{name}` | {split} | {gf:.2} | {of:.2} | {gc:.2} | {oc:.2} | {d:.2} |")?;
+    }
+    writeln!(md, "\nGoal: every difference ≤ 2 percentage points: **{}** (largest {worst:.2} pp).\n", verdict(worst <= 2.0))?;
+    Ok(())
+}
+
+/// Case 4: symbolizing profiles of large binaries, cold (page cache
+/// dropped) and warm.
+fn symbolization(env: &Env, quick: bool, md: &mut String) -> Result<()> {
+    eprintln!("bench: symbolization");
+    writeln!(md, "## 4. Symbolization\n")?;
+    writeln!(md, "A raw (`--no-symbolize`) system-wide capture of a workload, then `rprof-bpf symbolize` on it; cold = page cache dropped first. `perf report` on a `perf record -g` of the same workload for comparison.\n")?;
+    writeln!(md, "| workload | locations | rprof-bpf cold | rprof-bpf warm | peak RSS | perf report |\n| --- | --- | --- | --- | --- | --- |")?;
+    // Go: the Go toolchain compiling the standard library (its `compile`
+    // binary is the large Go binary).
+    let goroot = String::from_utf8(env.go().args(["env", "GOROOT"]).output()?.stdout)?;
+    let tools = PathBuf::from(goroot.trim()).join("pkg/tool");
+    let go_work = || -> Command {
+        let mut c = env.go();
+        c.args(["build", "-a", "-o", "/dev/null", "std"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .env("GOCACHE", env.out.join("go-cache-bench"));
+        c
+    };
+    let go_bin = PathBuf::from(goroot.trim()).join("bin");
+    let go_raw = symbolize_case(env, "go", "Go toolchain (`go build -a std`)", go_work, &[tools.clone(), go_bin.clone()], md)?;
+    // C/Rust with full DWARF: our own debug build, symbolizing the Go raw
+    // profile (blazesym and our code, unoptimized, are the workload).
+    if !quick {
+        sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "rprof-bpf"])
+            .current_dir(&env.root))?;
+    }
+    let debug_bin = env.root.join("target/debug/rprof-bpf");
+    if debug_bin.exists() {
+        let dir = env.out.join("dwarf-bin");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(&debug_bin, dir.join("rprof-bpf"))?;
+        let exe = dir.join("rprof-bpf");
+        let scratch = env.out.join("scratch.pb.gz");
+        let work = move || -> Command {
+            let mut c = Command::new(&exe);
+            c.arg("symbolize")
+                .arg(&go_raw)
+                .arg("-o")
+                .arg(&scratch)
+                .arg("--binary")
+                .arg(&tools)
+                .arg("--binary")
+                .arg(&go_bin)
+                .stderr(Stdio::null());
+            c
+        };
+        symbolize_case(env, "dwarf", "Rust with full DWARF (`rprof-bpf` debug build)", work, &[dir], md)?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// Captures `work` raw, symbolizes it cold and warm, compares with perf.
+/// Returns the raw profile's path.
+fn symbolize_case(
+    env: &Env,
+    slug: &str,
+    name: &str,
+    work: impl Fn() -> Command,
+    binary_dirs: &[PathBuf],
+    md: &mut String,
+) -> Result<PathBuf> {
+    let raw = env.out.join(format!("raw-{slug}.pb.gz"));
+    // Capture raw while the workload runs (repeated until 5 s are covered).
+    let mut capture = env
+        .rprof()
+        .args(["--seconds", "5", "-q", "--no-symbolize", "-o"])
+        .arg(&raw)
+        .stderr(Stdio::null())
+        .spawn()?;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let _ = work().status()?;
+    }
+    capture.wait()?;
+    let sym = env.out.join("sym.pb.gz");
+    let symbolize = || -> Result<(Cost, String)> {
+        let mut c = env.rprof();
+        c.arg("symbolize").arg(&raw).arg("-o").arg(&sym);
+        for d in binary_dirs {
+            c.arg("--binary").arg(d);
+        }
+        measure(&mut c)
+    };
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let (cold, summary) = symbolize()?;
+    let (warm, _) = symbolize()?;
+    let located = summary
+        .lines()
+        .last()
+        .and_then(|l| l.split(" locations").next())
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("?")
+        .to_owned();
+    // perf on the same workload.
+    let data = env.out.join("perf-sym.data");
+    let mut rec = Command::new("perf")
+        .args(["record", "-F", "100", "-a", "-g", "-q", "-o"])
+        .arg(&data)
+        .args(["--", "sleep", "5"])
+        .stderr(Stdio::null())
+        .spawn()?;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let _ = work().status()?;
+    }
+    rec.wait()?;
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let (perf, _) = measure(Command::new("perf").args(["report", "--stdio", "-i"]).arg(&data))?;
+    writeln!(
+        md,
+        "| {name} | {located} | {:.2} s wall, {:.2} s CPU | {:.2} s wall, {:.2} s CPU | {:.1} MiB | {:.2} s wall, {:.2} s CPU, {:.1} MiB |",
+        cold.wall, cold.cpu, warm.wall, warm.cpu, cold.rss_mib.max(warm.rss_mib), perf.wall, perf.cpu, perf.rss_mib
+    )?;
+    Ok(raw)
 }

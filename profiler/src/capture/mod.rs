@@ -17,6 +17,8 @@ use aya::programs::PerfEvent;
 use aya::{Ebpf, EbpfLoader};
 use profiler_ebpf::abi::{self, Sample};
 use tokio::io::unix::AsyncFd;
+
+use crate::unwind::loader::Unwinder;
 use tokio::io::Interest;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
@@ -34,6 +36,23 @@ pub struct CaptureConfig {
     pub kernel: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_bytes: u32,
+    /// How user stacks are unwound.
+    pub unwind: Unwind,
+    /// Capacity of the shared unwind-row array (16 bytes a row).
+    pub unwind_rows: u32,
+}
+
+/// How user stacks are unwound in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unwind {
+    /// Frame pointers only (`bpf_get_stack`): cheapest, but broken by code
+    /// built without them.
+    Fp,
+    /// `.eh_frame` tables only: stop where no table covers the code.
+    Dwarf,
+    /// Tables where a binary has them, frame pointers elsewhere (Go code,
+    /// hand-written assembly).
+    Auto,
 }
 
 /// Why a capture could not start. Each message says what to do about it.
@@ -92,12 +111,19 @@ pub struct CaptureStats {
     pub samples: u64,
     /// Samples the kernel side could not queue (ring buffer full).
     pub lost: u64,
+    /// Total time the BPF program ran and how often, when the kernel keeps
+    /// these statistics (`sysctl kernel.bpf_stats_enabled=1`); else zero.
+    pub bpf_run_ns: u64,
+    pub bpf_run_cnt: u64,
 }
 
-/// A loaded, attached program and its ring buffer.
+/// A loaded (and, after [`Capture::attach`], attached) program and its
+/// ring buffer.
 pub struct Capture {
     /// Owns the program and its perf-event links: dropping it detaches.
     bpf: Ebpf,
+    /// The unwind maps, until [`Capture::take_unwinder`] hands them out.
+    unwinder: Option<Unwinder>,
     ring: AsyncFd<RingBuf<MapData>>,
     /// The event actually in use (cycles may have fallen back to cpu-clock).
     pub event: Event,
@@ -113,16 +139,50 @@ impl Capture {
     /// Loads the program, fills the pid filter and attaches to every online
     /// CPU. Sampling starts when this returns.
     pub fn start(config: CaptureConfig) -> Result<Capture, CaptureError> {
+        let mut c = Capture::load(config)?;
+        c.attach()?;
+        Ok(c)
+    }
+
+    /// Loads the program and its maps without attaching it, so that unwind
+    /// tables can be loaded before the first sample.
+    pub fn load(config: CaptureConfig) -> Result<Capture, CaptureError> {
         let filter = u8::from(!config.pids.is_empty());
         let kernel = u8::from(config.kernel);
         let wakeup = u64::from(config.ring_bytes / 4);
+        let dwarf = u8::from(config.unwind != Unwind::Fp);
+        let fp_fallback = u8::from(config.unwind != Unwind::Dwarf);
+        // Without tables, the table maps shrink to one entry: their full
+        // size is allocated in the kernel up front.
+        let (rows, procs) = if dwarf == 1 {
+            (config.unwind_rows.max(1), abi::MAX_PROCS)
+        } else {
+            (1, 1)
+        };
         let mut bpf = EbpfLoader::new()
             .override_global(abi::GLOBAL_FILTER_PIDS, &filter, true)
             .override_global(abi::GLOBAL_CAPTURE_KERNEL, &kernel, true)
             .override_global(abi::GLOBAL_WAKEUP_BYTES, &wakeup, true)
+            .override_global(abi::GLOBAL_DWARF_UNWIND, &dwarf, true)
+            .override_global(abi::GLOBAL_FP_FALLBACK, &fp_fallback, true)
             .map_max_entries(abi::MAP_SAMPLES, config.ring_bytes)
+            .map_max_entries(abi::MAP_UNWIND_ROWS, rows)
+            .map_max_entries(abi::MAP_PROCS, procs)
             .load(profiler_ebpf::OBJECT)
             .map_err(|e| CaptureError::Load(root_cause(&e)))?;
+
+        let unwinder = if dwarf == 1 {
+            let rows_map = bpf.take_map(abi::MAP_UNWIND_ROWS);
+            let procs_map = bpf.take_map(abi::MAP_PROCS);
+            match (rows_map, procs_map) {
+                (Some(r), Some(p)) => {
+                    Some(Unwinder::new(r, rows, p).map_err(CaptureError::Load)?)
+                }
+                _ => return Err(CaptureError::Load("the unwind maps are missing".into())),
+            }
+        } else {
+            None
+        };
 
         if !config.pids.is_empty() {
             let map = bpf
@@ -153,17 +213,36 @@ impl Capture {
             .map_err(|e| CaptureError::Load(root_cause(&e)))?;
         prog.load()
             .map_err(|e| CaptureError::Load(root_cause(&e)))?;
-        let cpus = aya::util::online_cpus()
-            .map_err(|(path, e)| CaptureError::Cpus(format!("{path}: {e}")))?;
-        let event = event::attach_all(prog, config.event, config.frequency, &cpus)?;
 
         Ok(Capture {
             bpf,
+            unwinder,
             ring,
-            event,
+            event: config.event,
             config,
             stats: CaptureStats::default(),
         })
+    }
+
+    /// Attaches the loaded program to the event on every online CPU:
+    /// sampling starts.
+    pub fn attach(&mut self) -> Result<(), CaptureError> {
+        let prog: &mut PerfEvent = self
+            .bpf
+            .program_mut(profiler_ebpf::PROGRAM)
+            .ok_or_else(|| CaptureError::Load("the sampling program is missing".into()))?
+            .try_into()
+            .map_err(|e| CaptureError::Load(root_cause(&e)))?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(path, e)| CaptureError::Cpus(format!("{path}: {e}")))?;
+        self.event = event::attach_all(prog, self.config.event, self.config.frequency, &cpus)?;
+        Ok(())
+    }
+
+    /// The unwind maps (with `Unwind::Dwarf`/`Auto`), for the caller to fill
+    /// as processes appear. Taken once.
+    pub fn take_unwinder(&mut self) -> Option<Unwinder> {
+        self.unwinder.take()
     }
 
     /// Drains samples into `on_sample` until `duration` has passed, SIGINT or
@@ -172,14 +251,36 @@ impl Capture {
     pub async fn run(
         &mut self,
         duration: Duration,
-        mut on_sample: impl FnMut(&Sample),
-        mut on_tick: impl FnMut(&CaptureStats),
+        on_sample: impl FnMut(&Sample),
+        on_tick: impl FnMut(&CaptureStats),
     ) -> Result<StopReason, CaptureError> {
         let deadline = Instant::now() + duration;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        let stop = async move {
+            tokio::select! {
+                _ = sleep_until(deadline) => StopReason::Deadline,
+                _ = sigint.recv() => StopReason::Signal("SIGINT"),
+                _ = sigterm.recv() => StopReason::Signal("SIGTERM"),
+            }
+        };
+        self.run_until(stop, on_sample, on_tick).await
+    }
+
+    /// Drains samples into `on_sample` until `stop` completes (its output is
+    /// the returned reason) or every target has exited. The node agent uses
+    /// this to capture indefinitely and stop on its own shutdown signal.
+    /// `on_tick` is called a few times a second with the running counters,
+    /// lost samples included.
+    pub async fn run_until(
+        &mut self,
+        stop: impl std::future::Future<Output = StopReason>,
+        mut on_sample: impl FnMut(&Sample),
+        mut on_tick: impl FnMut(&CaptureStats),
+    ) -> Result<StopReason, CaptureError> {
         let mut tick = interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(stop);
 
         let reason = loop {
             tokio::select! {
@@ -192,6 +293,7 @@ impl Capture {
                     // Records are queued without waking us (see wakeup_bytes
                     // in the BPF program), so the tick is what reads them.
                     drain(self.ring.get_mut(), &mut self.stats, &mut on_sample);
+                    self.stats.lost = self.read_lost();
                     on_tick(&self.stats);
                     if !self.config.pids.is_empty()
                         && self.config.pids.iter().all(|&p| !crate::process::is_alive(p))
@@ -199,11 +301,10 @@ impl Capture {
                         break StopReason::TargetsExited;
                     }
                 }
-                _ = sleep_until(deadline) => break StopReason::Deadline,
-                _ = sigint.recv() => break StopReason::Signal("SIGINT"),
-                _ = sigterm.recv() => break StopReason::Signal("SIGTERM"),
+                r = &mut stop => break r,
             }
         };
+        (self.stats.bpf_run_ns, self.stats.bpf_run_cnt) = self.read_run_stats();
         self.detach();
         drain(self.ring.get_mut(), &mut self.stats, &mut on_sample);
         self.stats.lost = self.read_lost();
@@ -228,6 +329,28 @@ impl Capture {
                 let _ = prog.unload();
             }
         }
+    }
+
+    /// The program's run time and run count from its fdinfo. The kernel
+    /// only counts while `kernel.bpf_stats_enabled` is set.
+    fn read_run_stats(&self) -> (u64, u64) {
+        let fd = self
+            .bpf
+            .program(profiler_ebpf::PROGRAM)
+            .and_then(|p| <&PerfEvent>::try_from(p).ok())
+            .and_then(|p| p.fd().ok())
+            .map(|fd| std::os::fd::AsFd::as_fd(fd).as_raw_fd());
+        let Some(fd) = fd else { return (0, 0) };
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+            return (0, 0);
+        };
+        let field = |name: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("run_time_ns:"), field("run_cnt:"))
     }
 
     /// Sum of the per-CPU drop counters.

@@ -160,20 +160,22 @@ impl ProcessTable {
 
     /// Re-reads the maps of `pid` because an address fell outside all of
     /// them (a dlopen, an exec, a new JIT region). Rate limited per process.
-    pub fn refresh(&mut self, pid: u32) {
+    /// Returns true when the maps were re-read.
+    pub fn refresh(&mut self, pid: u32) -> bool {
         let due = self
             .procs
             .get(&pid)
             .is_none_or(|p| p.last_refresh.elapsed() >= REFRESH_INTERVAL);
         if !due {
-            return;
+            return false;
         }
         if let Some(mut fresh) = self.snapshot(pid) {
             // Keep binaries of mappings that are gone: samples taken before
             // an exec or dlclose still point into them.
             if let Some(old) = self.procs.remove(&pid) {
                 for m in old.maps {
-                    if maps::find(&fresh.maps, m.start).is_none() {
+                    let overlaps = fresh.maps.iter().any(|f| f.start < m.end && m.start < f.end);
+                    if !overlaps {
                         if let Some(b) = old.binaries.get(&m.start) {
                             fresh.binaries.insert(m.start, b.clone());
                         }
@@ -183,8 +185,12 @@ impl ProcessTable {
                 fresh.maps.sort_by_key(|m| m.start);
             }
             self.procs.insert(pid, fresh);
-        } else if let Some(p) = self.procs.get_mut(&pid) {
-            p.last_refresh = Instant::now();
+            true
+        } else {
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.last_refresh = Instant::now();
+            }
+            false
         }
     }
 
@@ -196,6 +202,37 @@ impl ProcessTable {
     /// All processes seen.
     pub fn processes(&self) -> impl Iterator<Item = &Process> {
         self.procs.values()
+    }
+
+    /// Forgets a process (it exited, or its pid now names another process)
+    /// and hands back what we knew about it. Its binaries stay in the table
+    /// until [`ProcessTable::prune_binaries`]. For long-running callers (the
+    /// node agent), so that a reused pid is snapshotted afresh and memory
+    /// does not grow with every process that ever ran.
+    pub fn remove(&mut self, pid: u32) -> Option<Process> {
+        self.procs.remove(&pid)
+    }
+
+    /// Closes the binaries that no process in the table (and no one else)
+    /// still holds, and returns their keys. Anything cached under the path of
+    /// a closed binary (its `/proc/self/fd/N` may be reused by the next file
+    /// opened) must be dropped by the caller.
+    pub fn prune_binaries(&mut self) -> Vec<BinaryKey> {
+        let dead: Vec<BinaryKey> = self
+            .binaries
+            .iter()
+            .filter(|(_, b)| Arc::strong_count(b) == 1)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &dead {
+            self.binaries.remove(k);
+        }
+        dead
+    }
+
+    /// How many binaries are open.
+    pub fn binary_count(&self) -> usize {
+        self.binaries.len()
     }
 
     fn snapshot(&mut self, pid: u32) -> Option<Process> {

@@ -4,3 +4,5 @@
 //! tables will live here too.
 
 pub mod leaf;
+pub mod loader;
+pub mod table;
