@@ -1,0 +1,225 @@
+//! Fault tests: processes that exec, lose their binary, live in another
+//! mount namespace; a ring buffer that overflows; a full disk; concurrent
+//! captures; signals at any moment. The bar: no panic, no lost capture, no
+//! corrupt file.
+
+mod harness;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use harness::*;
+
+fn spin(dir: &Path) -> std::path::PathBuf {
+    let exe = dir.join("spin");
+    build_c("spin.c", &exe, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    exe
+}
+
+fn capture_pid(pid: u32, seconds: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    let pid = pid.to_string();
+    let mut a = vec!["--pid", &pid, "--seconds", seconds, "-q", "-o", out.to_str().unwrap()];
+    a.extend_from_slice(extra);
+    record(&a)
+}
+
+#[test]
+fn exec_mid_capture_names_both_images() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let spin = spin(dir.path());
+    let exe = dir.path().join("exec_then");
+    build_c("exec_then.c", &exe, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let mut cmd = Command::new(&exe);
+    cmd.arg("1").arg(&spin).arg("2");
+    let t = Target::start(cmd);
+    let out = dir.path().join("exec.pb.gz");
+    let o = capture_pid(t.pid(), "3", &out, &[]);
+    assert_ok(&o);
+    let p = load(&out);
+    let before = cum_share(&p, "before_exec");
+    let after = cum_share(&p, "hot_inner");
+    assert!(before > 0.15 && after > 0.3, "before_exec {before:.2}, hot_inner {after:.2}");
+    // One pid throughout.
+    let pids: std::collections::BTreeSet<i64> = p.sample.iter().filter_map(|s| num_label(&p, s, "pid")).collect();
+    assert_eq!(pids.len(), 1);
+}
+
+#[test]
+fn deleted_binary_is_still_named() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin(dir.path());
+    let mut cmd = Command::new(&exe);
+    cmd.arg("4");
+    let t = Target::start(cmd);
+    std::fs::remove_file(&exe).unwrap();
+    let out = dir.path().join("deleted.pb.gz");
+    assert_ok(&capture_pid(t.pid(), "1", &out, &[]));
+    let p = load(&out);
+    assert!(flat_share(&p, "hot_inner") > 0.9, "{}", flat_share(&p, "hot_inner"));
+}
+
+#[test]
+fn other_mount_namespace_is_named() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin(dir.path());
+    // Inside a private mount namespace, a tmpfs hides where the binary
+    // runs from: the host sees an empty directory there.
+    let hidden = dir.path().join("hidden");
+    std::fs::create_dir(&hidden).unwrap();
+    let script = format!(
+        "mount -t tmpfs none {h} && cp {e} {h}/spin-ns && exec {h}/spin-ns 4",
+        h = hidden.display(),
+        e = exe.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    let t = Target::start(cmd);
+    assert!(!hidden.join("spin-ns").exists(), "the host cannot see the binary");
+    let out = dir.path().join("ns.pb.gz");
+    assert_ok(&capture_pid(t.pid(), "1", &out, &[]));
+    let p = load(&out);
+    assert!(flat_share(&p, "hot_inner") > 0.9, "{}", flat_share(&p, "hot_inner"));
+    let m = &p.mapping[0];
+    assert!(p.str(m.filename).ends_with("/hidden/spin-ns"));
+    assert!(m.has_functions);
+}
+
+#[test]
+fn ring_buffer_overflow_is_counted_and_reported() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin(dir.path());
+    let _a = Target::start({
+        let mut c = Command::new(&exe);
+        c.arg("5");
+        c
+    });
+    let _b = Target::start({
+        let mut c = Command::new(&exe);
+        c.arg("5");
+        c
+    });
+    let out = dir.path().join("overflow.pb.gz");
+    // A 4 KiB ring holds one record; 10 kHz on every CPU overflows it.
+    let o = record(&["-F", "10000", "--ring-size", "4", "--seconds", "1", "-o", out.to_str().unwrap()]);
+    assert_ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("samples were lost"), "{stderr}");
+    let p = load(&out);
+    let comment: Vec<&str> = p.comment.iter().map(|&i| p.str(i)).collect();
+    let lost: u64 = comment
+        .iter()
+        .find_map(|c| c.split("lost_samples=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("lost_samples in the comment");
+    assert!(lost > 1000, "{lost} lost at 10 kHz into a 4 KiB ring");
+    assert!(total(&p, 0) > 0);
+}
+
+#[test]
+fn full_filesystem_gives_clear_error_and_leaves_nothing_behind() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin(dir.path());
+    let t = Target::start({
+        let mut c = Command::new(&exe);
+        c.arg("4");
+        c
+    });
+    let tiny = dir.path().join("tiny");
+    std::fs::create_dir(&tiny).unwrap();
+    assert!(Command::new("mount").args(["-t", "tmpfs", "-o", "size=4k", "none"]).arg(&tiny).status().unwrap().success());
+    let _ = std::fs::write(tiny.join("filler"), vec![0u8; 64 * 1024]);
+    let out = tiny.join("cpu.svg");
+    let o = capture_pid(t.pid(), "1", &out, &[]);
+    let listing: Vec<String> = std::fs::read_dir(&tiny)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let _ = Command::new("umount").arg(&tiny).status();
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("cannot write") && e.contains("cpu.svg"), "{e}");
+    assert!(!e.contains("panicked"));
+    assert_eq!(listing, ["filler"], "no output and no temp file left");
+}
+
+#[test]
+fn two_captures_at_once_both_complete() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin(dir.path());
+    let t = Target::start({
+        let mut c = Command::new(&exe);
+        c.arg("5");
+        c
+    });
+    let outs: Vec<_> = (0..2).map(|i| dir.path().join(format!("c{i}.pb.gz"))).collect();
+    let children: Vec<_> = outs
+        .iter()
+        .map(|o| {
+            rprof()
+                .args(["--pid", &t.pid().to_string(), "--seconds", "2", "-q", "-o", o.to_str().unwrap()])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let counts: Vec<i64> = children
+        .into_iter()
+        .zip(&outs)
+        .map(|(c, o)| {
+            assert_ok(&c.wait_with_output().unwrap());
+            let p = load(o);
+            assert!(flat_share(&p, "hot_inner") > 0.9);
+            total(&p, 0)
+        })
+        .collect();
+    assert!(counts.iter().all(|&n| (150..=230).contains(&n)), "{counts:?}");
+}
+
+#[test]
+fn signals_at_any_moment_never_leave_a_corrupt_file() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin(dir.path());
+    let t = Target::start({
+        let mut c = Command::new(&exe);
+        c.arg("30");
+        c
+    });
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = Duration::from_millis(x % 1500);
+        let sig = if round % 2 == 0 { libc::SIGTERM } else { libc::SIGINT };
+        let out = dir.path().join(format!("s{round}.pb.gz"));
+        let child = rprof()
+            .args(["--pid", &t.pid().to_string(), "--seconds", "2", "-q", "-o", out.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let o = child.wait_with_output().unwrap();
+        if out.exists() {
+            let p = load(&out);
+            assert!(!p.sample_type.is_empty(), "round {round}: a valid profile");
+        } else {
+            assert!(!o.status.success(), "round {round}: success must leave a file");
+        }
+        let stray = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .count();
+        assert_eq!(stray, 0, "round {round}: no temp files left");
+    }
+}
