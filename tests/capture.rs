@@ -341,7 +341,10 @@ fn system_wide_sees_every_process() {
             Target::start(cmd)
         })
         .collect();
-    let trackers: Vec<CpuTracker> = spinners.iter().map(|t| CpuTracker::start(t.pid())).collect();
+    let trackers: Vec<CpuTracker> = spinners
+        .iter()
+        .map(|t| CpuTracker::start(t.pid()))
+        .collect();
     let out = dir.path().join("all.pb.gz");
     let o = record(&["--seconds", "2", "-o", out.to_str().unwrap(), "--quiet"]);
     assert_ok(&o);

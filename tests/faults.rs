@@ -19,7 +19,15 @@ fn spin(dir: &Path) -> std::path::PathBuf {
 
 fn capture_pid(pid: u32, seconds: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     let pid = pid.to_string();
-    let mut a = vec!["--pid", &pid, "--seconds", seconds, "-q", "-o", out.to_str().unwrap()];
+    let mut a = vec![
+        "--pid",
+        &pid,
+        "--seconds",
+        seconds,
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ];
     a.extend_from_slice(extra);
     record(&a)
 }
@@ -30,7 +38,11 @@ fn exec_mid_capture_names_both_images() {
     let dir = tempfile::tempdir().unwrap();
     let spin = spin(dir.path());
     let exe = dir.path().join("exec_then");
-    build_c("exec_then.c", &exe, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    build_c(
+        "exec_then.c",
+        &exe,
+        &["-O2", "-g", "-fno-omit-frame-pointer"],
+    );
     let mut cmd = Command::new(&exe);
     cmd.arg("1").arg(&spin).arg("2");
     let t = Target::start(cmd);
@@ -40,9 +52,16 @@ fn exec_mid_capture_names_both_images() {
     let p = load(&out);
     let before = cum_share(&p, "before_exec");
     let after = cum_share(&p, "hot_inner");
-    assert!(before > 0.15 && after > 0.3, "before_exec {before:.2}, hot_inner {after:.2}");
+    assert!(
+        before > 0.15 && after > 0.3,
+        "before_exec {before:.2}, hot_inner {after:.2}"
+    );
     // One pid throughout.
-    let pids: std::collections::BTreeSet<i64> = p.sample.iter().filter_map(|s| num_label(&p, s, "pid")).collect();
+    let pids: std::collections::BTreeSet<i64> = p
+        .sample
+        .iter()
+        .filter_map(|s| num_label(&p, s, "pid"))
+        .collect();
     assert_eq!(pids.len(), 1);
 }
 
@@ -58,7 +77,11 @@ fn deleted_binary_is_still_named() {
     let out = dir.path().join("deleted.pb.gz");
     assert_ok(&capture_pid(t.pid(), "1", &out, &[]));
     let p = load(&out);
-    assert!(flat_share(&p, "hot_inner") > 0.9, "{}", flat_share(&p, "hot_inner"));
+    assert!(
+        flat_share(&p, "hot_inner") > 0.9,
+        "{}",
+        flat_share(&p, "hot_inner")
+    );
 }
 
 #[test]
@@ -78,11 +101,18 @@ fn other_mount_namespace_is_named() {
     let mut cmd = Command::new("unshare");
     cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
     let t = Target::start(cmd);
-    assert!(!hidden.join("spin-ns").exists(), "the host cannot see the binary");
+    assert!(
+        !hidden.join("spin-ns").exists(),
+        "the host cannot see the binary"
+    );
     let out = dir.path().join("ns.pb.gz");
     assert_ok(&capture_pid(t.pid(), "1", &out, &[]));
     let p = load(&out);
-    assert!(flat_share(&p, "hot_inner") > 0.9, "{}", flat_share(&p, "hot_inner"));
+    assert!(
+        flat_share(&p, "hot_inner") > 0.9,
+        "{}",
+        flat_share(&p, "hot_inner")
+    );
     let m = &p.mapping[0];
     assert!(p.str(m.filename).ends_with("/hidden/spin-ns"));
     assert!(m.has_functions);
@@ -105,7 +135,16 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     });
     let out = dir.path().join("overflow.pb.gz");
     // A 4 KiB ring holds one record; 10 kHz on every CPU overflows it.
-    let o = record(&["-F", "10000", "--ring-size", "4", "--seconds", "1", "-o", out.to_str().unwrap()]);
+    let o = record(&[
+        "-F",
+        "10000",
+        "--ring-size",
+        "4",
+        "--seconds",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_ok(&o);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("samples were lost"), "{stderr}");
@@ -133,7 +172,12 @@ fn full_filesystem_gives_clear_error_and_leaves_nothing_behind() {
     });
     let tiny = dir.path().join("tiny");
     std::fs::create_dir(&tiny).unwrap();
-    assert!(Command::new("mount").args(["-t", "tmpfs", "-o", "size=4k", "none"]).arg(&tiny).status().unwrap().success());
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4k", "none"])
+        .arg(&tiny)
+        .status()
+        .unwrap()
+        .success());
     let _ = std::fs::write(tiny.join("filler"), vec![0u8; 64 * 1024]);
     let out = tiny.join("cpu.svg");
     let o = capture_pid(t.pid(), "1", &out, &[]);
@@ -142,7 +186,12 @@ fn full_filesystem_gives_clear_error_and_leaves_nothing_behind() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     let _ = Command::new("umount").arg(&tiny).status();
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("cannot write") && e.contains("cpu.svg"), "{e}");
     assert!(!e.contains("panicked"));
@@ -159,12 +208,22 @@ fn two_captures_at_once_both_complete() {
         c.arg("5");
         c
     });
-    let outs: Vec<_> = (0..2).map(|i| dir.path().join(format!("c{i}.pb.gz"))).collect();
+    let outs: Vec<_> = (0..2)
+        .map(|i| dir.path().join(format!("c{i}.pb.gz")))
+        .collect();
     let children: Vec<_> = outs
         .iter()
         .map(|o| {
             rprof()
-                .args(["--pid", &t.pid().to_string(), "--seconds", "2", "-q", "-o", o.to_str().unwrap()])
+                .args([
+                    "--pid",
+                    &t.pid().to_string(),
+                    "--seconds",
+                    "2",
+                    "-q",
+                    "-o",
+                    o.to_str().unwrap(),
+                ])
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -180,7 +239,10 @@ fn two_captures_at_once_both_complete() {
             total(&p, 0)
         })
         .collect();
-    assert!(counts.iter().all(|&n| (150..=230).contains(&n)), "{counts:?}");
+    assert!(
+        counts.iter().all(|&n| (150..=230).contains(&n)),
+        "{counts:?}"
+    );
 }
 
 #[test]
@@ -199,10 +261,22 @@ fn signals_at_any_moment_never_leave_a_corrupt_file() {
         x ^= x >> 7;
         x ^= x << 17;
         let delay = Duration::from_millis(x % 1500);
-        let sig = if round % 2 == 0 { libc::SIGTERM } else { libc::SIGINT };
+        let sig = if round % 2 == 0 {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        };
         let out = dir.path().join(format!("s{round}.pb.gz"));
         let child = rprof()
-            .args(["--pid", &t.pid().to_string(), "--seconds", "2", "-q", "-o", out.to_str().unwrap()])
+            .args([
+                "--pid",
+                &t.pid().to_string(),
+                "--seconds",
+                "2",
+                "-q",
+                "-o",
+                out.to_str().unwrap(),
+            ])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -214,11 +288,20 @@ fn signals_at_any_moment_never_leave_a_corrupt_file() {
             let p = load(&out);
             assert!(!p.sample_type.is_empty(), "round {round}: a valid profile");
         } else {
-            assert!(!o.status.success(), "round {round}: success must leave a file");
+            assert!(
+                !o.status.success(),
+                "round {round}: success must leave a file"
+            );
         }
         let stray = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
             .count();
         assert_eq!(stray, 0, "round {round}: no temp files left");
     }

@@ -10,14 +10,25 @@ use harness::*;
 use rprof_bpf::pprof::Profile;
 
 /// Functions where a complete user stack ends.
-const ROOTS: &[&str] = &["_start", "__clone3", "clone3", "__clone", "clone", "runtime.goexit"];
+const ROOTS: &[&str] = &[
+    "_start",
+    "__clone3",
+    "clone3",
+    "__clone",
+    "clone",
+    "runtime.goexit",
+];
 
 /// Share of samples whose outermost user frame is a thread root.
 fn root_share(p: &Profile) -> f64 {
     let reached: i64 = p
         .sample
         .iter()
-        .filter(|s| stack_names(p, s).last().is_some_and(|n| ROOTS.contains(&n.as_str())))
+        .filter(|s| {
+            stack_names(p, s)
+                .last()
+                .is_some_and(|n| ROOTS.contains(&n.as_str()))
+        })
         .map(|s| s.value[0])
         .sum();
     reached as f64 / total(p, 0).max(1) as f64
@@ -31,7 +42,8 @@ fn chain_share(p: &Profile, chain: &[&str]) -> f64 {
         .iter()
         .filter(|s| {
             let n = stack_names(p, s);
-            n.windows(chain.len()).any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
+            n.windows(chain.len())
+                .any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
         })
         .map(|s| s.value[0])
         .sum();
@@ -43,7 +55,15 @@ fn profile(exe: &Path, args: &[&str], seconds: &str, extra: &[&str], out: &Path)
     cmd.args(args);
     let t = Target::start(cmd);
     let pid = t.pid().to_string();
-    let mut a = vec!["--pid", &pid, "--seconds", seconds, "-q", "-o", out.to_str().unwrap()];
+    let mut a = vec![
+        "--pid",
+        &pid,
+        "--seconds",
+        seconds,
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ];
     a.extend_from_slice(extra);
     let o = record(&a);
     assert_ok(&o);
@@ -59,7 +79,11 @@ fn qsort_callback_without_frame_pointers_reaches_root() {
     let out = dir.path().join("dwarf.pb.gz");
     let p = profile(&exe, &["6"], "3", &[], &out);
     let root = root_share(&p);
-    eprintln!("qsort: {:.1}% of {} samples reach the root with tables", root * 100.0, total(&p, 0));
+    eprintln!(
+        "qsort: {:.1}% of {} samples reach the root with tables",
+        root * 100.0,
+        total(&p, 0)
+    );
     assert!(root >= 0.98, "{:.3} reach the root", root);
     // The callback, through libc's qsort, up to main and _start.
     assert!(cum_share(&p, "compare_keys") > 0.5);
@@ -67,7 +91,8 @@ fn qsort_callback_without_frame_pointers_reaches_root() {
     assert!(full >= 0.98, "sort_rounds -> main on {full:.3}");
     assert!(p.sample.iter().any(|s| {
         let n = stack_names(&p, s);
-        n.first().map(String::as_str) == Some("compare_keys") && n.last().map(String::as_str) == Some("_start")
+        n.first().map(String::as_str) == Some("compare_keys")
+            && n.last().map(String::as_str) == Some("_start")
     }));
 
     // With frame pointers only, the same binary loses its stacks: the
@@ -75,7 +100,10 @@ fn qsort_callback_without_frame_pointers_reaches_root() {
     let out = dir.path().join("fp.pb.gz");
     let p = profile(&exe, &["4"], "2", &["--unwind", "fp"], &out);
     let fp_root = root_share(&p);
-    eprintln!("qsort: {:.1}% reach the root with frame pointers", fp_root * 100.0);
+    eprintln!(
+        "qsort: {:.1}% reach the root with frame pointers",
+        fp_root * 100.0
+    );
     assert!(fp_root < 0.5, "{fp_root}");
 }
 
@@ -96,9 +124,21 @@ fn rust_release_binary_reaches_root() {
     let out = dir.path().join("rust.pb.gz");
     let p = profile(&exe, &["6"], "3", &[], &out);
     let root = root_share(&p);
-    eprintln!("rustspin: {:.1}% of {} samples reach the root", root * 100.0, total(&p, 0));
+    eprintln!(
+        "rustspin: {:.1}% of {} samples reach the root",
+        root * 100.0,
+        total(&p, 0)
+    );
     assert!(root >= 0.98, "{root:.3}");
-    let chain = chain_share(&p, &["rustspin::hot", "rustspin::layer", "rustspin::drive", "rustspin::main"]);
+    let chain = chain_share(
+        &p,
+        &[
+            "rustspin::hot",
+            "rustspin::layer",
+            "rustspin::drive",
+            "rustspin::main",
+        ],
+    );
     assert!(chain >= 0.9, "hot -> layer -> drive -> main on {chain:.3}");
 }
 
@@ -107,9 +147,17 @@ fn library_loaded_mid_capture_unwinds() {
     let _lock = capture_lock();
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path().join("libdl_fixture.so");
-    build_c("dlopen_lib.c", &lib, &["-O2", "-g", "-fomit-frame-pointer", "-shared", "-fPIC"]);
+    build_c(
+        "dlopen_lib.c",
+        &lib,
+        &["-O2", "-g", "-fomit-frame-pointer", "-shared", "-fPIC"],
+    );
     let exe = dir.path().join("dlopen_main");
-    build_c("dlopen_main.c", &exe, &["-O2", "-g", "-fomit-frame-pointer"]);
+    build_c(
+        "dlopen_main.c",
+        &exe,
+        &["-O2", "-g", "-fomit-frame-pointer"],
+    );
     let out = dir.path().join("dl.pb.gz");
     // The library is opened 1 s into the capture.
     let p = profile(&exe, &[lib.to_str().unwrap(), "3"], "3", &[], &out);
@@ -124,13 +172,17 @@ fn library_loaded_mid_capture_unwinds() {
         .iter()
         .filter(|s| {
             let names = stack_names(&p, s);
-            names.iter().any(|x| x == "lib_run") && names.last().map(String::as_str) == Some("_start")
+            names.iter().any(|x| x == "lib_run")
+                && names.last().map(String::as_str) == Some("_start")
         })
         .map(|s| s.value[0])
         .sum();
     // Samples before the maps were re-read (at most a refresh interval's
     // worth) may stop in the new library.
-    assert!(whole as f64 >= 0.9 * n as f64, "{whole} of {n} library samples unwound to _start");
+    assert!(
+        whole as f64 >= 0.9 * n as f64,
+        "{whole} of {n} library samples unwound to _start"
+    );
 }
 
 #[test]

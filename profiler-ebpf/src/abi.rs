@@ -236,7 +236,10 @@ int main(void) {
             ("MAX_UNWIND_ROWS", MAX_UNWIND_ROWS.to_string()),
             ("MAX_PROC_MAPS", MAX_PROC_MAPS.to_string()),
             ("MAX_PROCS", MAX_PROCS.to_string()),
-            ("CFA", format!("{CFA_NONE} {CFA_RSP} {CFA_RBP} {CFA_PLT} {CFA_END}")),
+            (
+                "CFA",
+                format!("{CFA_NONE} {CFA_RSP} {CFA_RBP} {CFA_PLT} {CFA_END}"),
+            ),
             ("MAP_UNWIND_ROWS", MAP_UNWIND_ROWS.to_string()),
             ("MAP_PROCS", MAP_PROCS.to_string()),
             (

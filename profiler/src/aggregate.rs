@@ -48,10 +48,9 @@ impl Aggregate {
         if s.flags & FLAG_USER_STACK_ERR != 0 {
             self.user_stack_errors += 1;
         }
-        if !self.threads.contains_key(&s.tid) {
-            let comm = String::from_utf8_lossy(s.comm()).into_owned();
-            self.threads.insert(s.tid, comm);
-        }
+        self.threads
+            .entry(s.tid)
+            .or_insert_with(|| String::from_utf8_lossy(s.comm()).into_owned());
         let key = StackKey {
             pid: s.pid,
             tid: s.tid,

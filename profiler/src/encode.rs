@@ -25,6 +25,11 @@ pub struct Meta {
     pub bpf_run_cnt: u64,
 }
 
+/// A user address of a process: (pid, address, is it the leaf). A leaf is
+/// looked up as is, a return address one byte earlier, so the two can name
+/// different lines.
+type AddrKey = (u32, u64, bool);
+
 /// Name of the kernel mapping, as perf and pprof spell it.
 pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
 
@@ -42,7 +47,7 @@ pub fn build(
     // Normalize every distinct user address once; note which are leaves,
     // since a return address is looked up one byte earlier.
     let mut norm = Normalizer::new(procs);
-    let mut user_addrs: HashMap<(u32, u64, bool), Option<Normalized>> = HashMap::new();
+    let mut user_addrs: HashMap<AddrKey, Option<Normalized>> = HashMap::new();
     for (key, _) in agg.stacks() {
         for (i, &addr) in key.user.iter().enumerate() {
             user_addrs
@@ -73,9 +78,10 @@ pub fn build(
     }
 
     // Symbolize per binary, in one batch each.
-    let mut frames: HashMap<(u32, u64, bool), Vec<Frame>> = HashMap::new();
+    let mut frames: HashMap<AddrKey, Vec<Frame>> = HashMap::new();
     if let Some(sym) = symbolizer.as_deref_mut() {
-        let mut per_mapping: HashMap<usize, Vec<((u32, u64, bool), u64)>> = HashMap::new();
+        // Per mapping: (address key, file offset to look up).
+        let mut per_mapping: HashMap<usize, Vec<(AddrKey, u64)>> = HashMap::new();
         for (&k, n) in &user_addrs {
             if let Some(n) = n {
                 let lookup = if k.2 {

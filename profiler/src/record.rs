@@ -262,14 +262,16 @@ fn write_output(profile: &pprof::Profile, path: &std::path::Path) -> Result<usiz
         OutputKind::Pprof => pprof::encode_gzip(profile),
         OutputKind::FlameGraph => {
             let mut out = Vec::new();
-            let title = crate::report::default_title(profile).map_err(|e| runtime(e.to_string()))?;
+            let title =
+                crate::report::default_title(profile).map_err(|e| runtime(e.to_string()))?;
             crate::report::write_flamegraph(profile, &title, &mut out)
                 .map_err(|e| runtime(e.to_string()))?;
             out
         }
         OutputKind::Collapsed => {
             let mut out = Vec::new();
-            crate::report::write_collapsed(profile, &mut out).map_err(|e| runtime(e.to_string()))?;
+            crate::report::write_collapsed(profile, &mut out)
+                .map_err(|e| runtime(e.to_string()))?;
             out
         }
     };

@@ -123,7 +123,9 @@ impl Env {
 }
 
 fn sh(cmd: &mut Command) -> Result<()> {
-    let st = cmd.status().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
     if !st.success() {
         bail!("{:?} failed", cmd.get_program());
     }
@@ -147,9 +149,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     crate::deps::install()?;
     let root = workspace_root();
-    sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "rprof-bpf"])
-        .current_dir(&root))?;
+    sh(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "-p", "rprof-bpf"])
+            .current_dir(&root),
+    )?;
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
     let env = Env {
@@ -195,7 +199,13 @@ fn header(md: &mut String, quick: bool) -> Result<()> {
         })
         .unwrap_or_else(|| "unknown".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let date = String::from_utf8(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()?.stdout)?;
+    let date = String::from_utf8(
+        Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%d %H:%M UTC")
+            .output()?
+            .stdout,
+    )?;
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| s.lines().next().map(str::to_owned))
@@ -207,8 +217,16 @@ fn header(md: &mut String, quick: bool) -> Result<()> {
         if quick { " --quick" } else { "" }
     )?;
     writeln!(md, "| machine | |\n| --- | --- |")?;
-    writeln!(md, "| CPU | {} x {cpu} |", std::thread::available_parallelism().map_or(1, |n| n.get()))?;
-    writeln!(md, "| memory | {} |", mem.trim_start_matches("MemTotal:").trim())?;
+    writeln!(
+        md,
+        "| CPU | {} x {cpu} |",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    )?;
+    writeln!(
+        md,
+        "| memory | {} |",
+        mem.trim_start_matches("MemTotal:").trim()
+    )?;
     writeln!(md, "| kernel | {} |", kernel.trim())?;
     writeln!(md, "| date | {} |\n", date.trim())?;
     Ok(())
@@ -219,13 +237,18 @@ fn overhead(env: &Env, spin: &Path, rounds: usize, md: &mut String) -> Result<()
     const SECS: u64 = 20;
     let _load = Load::start(spin, env.ncpu)?;
     let sampled = (env.ncpu as u64 * SECS) as f64;
-    let (mut r_cpu, mut r_rss, mut r_bpf, mut p_cpu, mut p_rss) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut r_cpu, mut r_rss, mut r_bpf, mut p_cpu, mut p_rss) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let mut samples = vec![];
     let mut lost = vec![];
     for round in 0..rounds {
         eprintln!("bench: overhead round {}/{rounds}", round + 1);
         let out = env.out.join("sys.pb.gz");
-        let (c, err) = measure(env.rprof().args(["--seconds", &SECS.to_string(), "-q", "-o"]).arg(&out))?;
+        let (c, err) = measure(
+            env.rprof()
+                .args(["--seconds", &SECS.to_string(), "-q", "-o"])
+                .arg(&out),
+        )?;
         r_cpu.push(c.cpu);
         r_rss.push(c.rss_mib);
         r_bpf.push(bpf_cost_us(&err).unwrap_or(f64::NAN));
@@ -239,20 +262,52 @@ fn overhead(env: &Env, spin: &Path, rounds: usize, md: &mut String) -> Result<()
                 .arg(&data)
                 .args(["--", "sleep", &SECS.to_string()]),
         )?;
-        let (rep, _) = measure(Command::new("perf").args(["report", "--stdio", "-i"]).arg(&data))?;
+        let (rep, _) = measure(
+            Command::new("perf")
+                .args(["report", "--stdio", "-i"])
+                .arg(&data),
+        )?;
         p_cpu.push(rec.cpu + rep.cpu);
         p_rss.push(rec.rss_mib.max(rep.rss_mib));
     }
     let (rc, pc) = (median(r_cpu), median(p_cpu));
     let (rr, pr) = (median(r_rss), median(p_rss));
     let bpf = median(r_bpf);
-    writeln!(md, "## 1. Overhead: system-wide, 100 Hz, {} busy processes, {SECS} s\n", env.ncpu)?;
-    writeln!(md, "| | rprof-bpf | perf record -g + perf report | ratio |\n| --- | --- | --- | --- |")?;
-    writeln!(md, "| profiler CPU (user+sys, incl. symbolize + write) | {rc:.3} s | {pc:.3} s | {:.2} |", rc / pc)?;
-    writeln!(md, "| as share of sampled CPU time ({sampled:.0} s) | {:.3}% | {:.3}% | |", 100.0 * rc / sampled, 100.0 * pc / sampled)?;
-    writeln!(md, "| peak RSS | {rr:.1} MiB | {pr:.1} MiB | {:.2} |", rr / pr)?;
-    writeln!(md, "| BPF program time per run | {bpf:.2} µs | (in-kernel, not measurable) | |")?;
-    writeln!(md, "| samples / lost | {:.0} / {:.0} | | |\n", median(samples), median(lost))?;
+    writeln!(
+        md,
+        "## 1. Overhead: system-wide, 100 Hz, {} busy processes, {SECS} s\n",
+        env.ncpu
+    )?;
+    writeln!(
+        md,
+        "| | rprof-bpf | perf record -g + perf report | ratio |\n| --- | --- | --- | --- |"
+    )?;
+    writeln!(
+        md,
+        "| profiler CPU (user+sys, incl. symbolize + write) | {rc:.3} s | {pc:.3} s | {:.2} |",
+        rc / pc
+    )?;
+    writeln!(
+        md,
+        "| as share of sampled CPU time ({sampled:.0} s) | {:.3}% | {:.3}% | |",
+        100.0 * rc / sampled,
+        100.0 * pc / sampled
+    )?;
+    writeln!(
+        md,
+        "| peak RSS | {rr:.1} MiB | {pr:.1} MiB | {:.2} |",
+        rr / pr
+    )?;
+    writeln!(
+        md,
+        "| BPF program time per run | {bpf:.2} µs | (in-kernel, not measurable) | |"
+    )?;
+    writeln!(
+        md,
+        "| samples / lost | {:.0} / {:.0} | | |\n",
+        median(samples),
+        median(lost)
+    )?;
     writeln!(
         md,
         "Goals: CPU ≤ 0.15% of sampled time and below perf's: **{}**; BPF ≤ 1.5 µs per frame-pointer sample: **{}**; RSS ≤ 25 MB: **{}**.\n",
@@ -290,7 +345,11 @@ fn per_sample(env: &Env, spin: &Path, rounds: usize, secs: u64, md: &mut String)
         lost.push(number_before(&err, " lost").unwrap_or(f64::NAN));
     }
     let l = median(lost);
-    writeln!(md, "## 2. Steady state at 1000 Hz ({secs} s, {} busy processes)\n", env.ncpu)?;
+    writeln!(
+        md,
+        "## 2. Steady state at 1000 Hz ({secs} s, {} busy processes)\n",
+        env.ncpu
+    )?;
     writeln!(md, "| user-space CPU per sample | BPF per sample | samples | lost |\n| --- | --- | --- | --- |")?;
     writeln!(
         md,
@@ -348,7 +407,14 @@ fn accuracy(env: &Env, md: &mut String) -> Result<()> {
     let ours = env.out.join("go-ours.pb.gz");
     let (_, _) = measure(
         env.rprof()
-            .args(["--pid", &child.id().to_string(), "--seconds", "10", "-q", "-o"])
+            .args([
+                "--pid",
+                &child.id().to_string(),
+                "--seconds",
+                "10",
+                "-q",
+                "-o",
+            ])
             .arg(&ours),
     )?;
     child.wait()?;
@@ -374,9 +440,16 @@ fn accuracy(env: &Env, md: &mut String) -> Result<()> {
         let (of, oc) = find(&mine, name);
         let d = (gf - of).abs().max((gc - oc).abs());
         worst = worst.max(d);
-        writeln!(md, "| `{name}` | {split} | {gf:.2} | {of:.2} | {gc:.2} | {oc:.2} | {d:.2} |")?;
+        writeln!(
+            md,
+            "| `{name}` | {split} | {gf:.2} | {of:.2} | {gc:.2} | {oc:.2} | {d:.2} |"
+        )?;
     }
-    writeln!(md, "\nGoal: every difference ≤ 2 percentage points: **{}** (largest {worst:.2} pp).\n", verdict(worst <= 2.0))?;
+    writeln!(
+        md,
+        "\nGoal: every difference ≤ 2 percentage points: **{}** (largest {worst:.2} pp).\n",
+        verdict(worst <= 2.0)
+    )?;
     Ok(())
 }
 
@@ -400,13 +473,22 @@ fn symbolization(env: &Env, quick: bool, md: &mut String) -> Result<()> {
         c
     };
     let go_bin = PathBuf::from(goroot.trim()).join("bin");
-    let go_raw = symbolize_case(env, "go", "Go toolchain (`go build -a std`)", go_work, &[tools.clone(), go_bin.clone()], md)?;
+    let go_raw = symbolize_case(
+        env,
+        "go",
+        "Go toolchain (`go build -a std`)",
+        go_work,
+        &[tools.clone(), go_bin.clone()],
+        md,
+    )?;
     // C/Rust with full DWARF: our own debug build, symbolizing the Go raw
     // profile (blazesym and our code, unoptimized, are the workload).
     if !quick {
-        sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "rprof-bpf"])
-            .current_dir(&env.root))?;
+        sh(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "-p", "rprof-bpf"])
+                .current_dir(&env.root),
+        )?;
     }
     let debug_bin = env.root.join("target/debug/rprof-bpf");
     if debug_bin.exists() {
@@ -428,7 +510,14 @@ fn symbolization(env: &Env, quick: bool, md: &mut String) -> Result<()> {
                 .stderr(Stdio::null());
             c
         };
-        symbolize_case(env, "dwarf", "Rust with full DWARF (`rprof-bpf` debug build)", work, &[dir], md)?;
+        symbolize_case(
+            env,
+            "dwarf",
+            "Rust with full DWARF (`rprof-bpf` debug build)",
+            work,
+            &[dir],
+            md,
+        )?;
     }
     writeln!(md)?;
     Ok(())
@@ -490,7 +579,11 @@ fn symbolize_case(
     }
     rec.wait()?;
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-    let (perf, _) = measure(Command::new("perf").args(["report", "--stdio", "-i"]).arg(&data))?;
+    let (perf, _) = measure(
+        Command::new("perf")
+            .args(["report", "--stdio", "-i"])
+            .arg(&data),
+    )?;
     writeln!(
         md,
         "| {name} | {located} | {:.2} s wall, {:.2} s CPU | {:.2} s wall, {:.2} s CPU | {:.1} MiB | {:.2} s wall, {:.2} s CPU, {:.1} MiB |",

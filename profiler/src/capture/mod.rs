@@ -175,9 +175,7 @@ impl Capture {
             let rows_map = bpf.take_map(abi::MAP_UNWIND_ROWS);
             let procs_map = bpf.take_map(abi::MAP_PROCS);
             match (rows_map, procs_map) {
-                (Some(r), Some(p)) => {
-                    Some(Unwinder::new(r, rows, p).map_err(CaptureError::Load)?)
-                }
+                (Some(r), Some(p)) => Some(Unwinder::new(r, rows, p).map_err(CaptureError::Load)?),
                 _ => return Err(CaptureError::Load("the unwind maps are missing".into())),
             }
         } else {

@@ -98,9 +98,11 @@ mod tests {
 
     #[test]
     fn roundtrip_gzip_and_plain() {
-        let mut p = Profile::default();
-        p.string_table = vec!["".into(), "x".into()];
-        p.period = 10;
+        let p = Profile {
+            string_table: vec!["".into(), "x".into()],
+            period: 10,
+            ..Profile::default()
+        };
         let gz = encode_gzip(&p);
         assert_eq!(decode(&gz).unwrap(), p);
         assert_eq!(decode(&p.encode_to_vec()).unwrap(), p);
@@ -110,8 +112,10 @@ mod tests {
     fn garbage_and_truncation_are_errors() {
         assert!(decode(b"").is_err());
         assert!(decode(b"\xff\xff\xff\xff garbage").is_err());
-        let mut p = Profile::default();
-        p.string_table = vec!["".into(); 100];
+        let p = Profile {
+            string_table: vec!["".into(); 100],
+            ..Profile::default()
+        };
         let gz = encode_gzip(&p);
         assert!(decode(&gz[..gz.len() / 2]).is_err());
     }

@@ -174,7 +174,10 @@ impl ProcessTable {
             // an exec or dlclose still point into them.
             if let Some(old) = self.procs.remove(&pid) {
                 for m in old.maps {
-                    let overlaps = fresh.maps.iter().any(|f| f.start < m.end && m.start < f.end);
+                    let overlaps = fresh
+                        .maps
+                        .iter()
+                        .any(|f| f.start < m.end && m.start < f.end);
                     if !overlaps {
                         if let Some(b) = old.binaries.get(&m.start) {
                             fresh.binaries.insert(m.start, b.clone());
@@ -214,14 +217,15 @@ impl ProcessTable {
     }
 
     /// Closes the binaries that no process in the table (and no one else)
-    /// still holds, and returns their keys. Anything cached under the path of
-    /// a closed binary (its `/proc/self/fd/N` may be reused by the next file
-    /// opened) must be dropped by the caller.
-    pub fn prune_binaries(&mut self) -> Vec<BinaryKey> {
+    /// still holds, unless `keep` says to keep one open a while longer, and
+    /// returns their keys. Anything cached under the path of a closed binary
+    /// (its `/proc/self/fd/N` may be reused by the next file opened) must be
+    /// dropped by the caller.
+    pub fn prune_binaries(&mut self, mut keep: impl FnMut(&BinaryKey) -> bool) -> Vec<BinaryKey> {
         let dead: Vec<BinaryKey> = self
             .binaries
             .iter()
-            .filter(|(_, b)| Arc::strong_count(b) == 1)
+            .filter(|(k, b)| Arc::strong_count(b) == 1 && !keep(k))
             .map(|(k, _)| *k)
             .collect();
         for k in &dead {

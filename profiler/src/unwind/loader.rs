@@ -190,7 +190,9 @@ impl Unwinder {
         if let Some(t) = self.tables.get(&key) {
             return *t;
         }
-        let rows = data.and_then(|d| table::compile(d).ok()).unwrap_or_default();
+        let rows = data
+            .and_then(|d| table::compile(d).ok())
+            .unwrap_or_default();
         let placed = if rows.is_empty() {
             None
         } else if let Some(end) = u32::try_from(rows.len())

@@ -9,8 +9,8 @@
 //! there, which is what Go code (which has no `.eh_frame`) needs.
 
 use gimli::{
-    BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian,
-    RegisterRule, UnwindContext, UnwindSection, X86_64,
+    BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian, RegisterRule,
+    UnwindContext, UnwindSection, X86_64,
 };
 use object::elf::{FileHeader64, PT_LOAD, SHF_COMPRESSED};
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
@@ -83,7 +83,8 @@ impl Rule {
 /// offset, with identical neighbours merged. An ELF without `.eh_frame`
 /// gives an empty table.
 pub fn compile(data: &[u8]) -> Result<Vec<UnwindRow>, TableError> {
-    let header = FileHeader64::<object::LittleEndian>::parse(data).map_err(|_| TableError::NotElf)?;
+    let header =
+        FileHeader64::<object::LittleEndian>::parse(data).map_err(|_| TableError::NotElf)?;
     let endian = header.endian().map_err(|_| TableError::NotElf)?;
     let sections = header
         .sections(endian, data)
@@ -180,10 +181,7 @@ fn collect<'a, S: UnwindSection<Reader<'a>>>(
 }
 
 /// The rule of one CFI row.
-fn rule<'a, S: UnwindSection<Reader<'a>>>(
-    row: &gimli::UnwindTableRow<usize>,
-    section: &S,
-) -> Rule {
+fn rule<'a, S: UnwindSection<Reader<'a>>>(row: &gimli::UnwindTableRow<usize>, section: &S) -> Rule {
     match row.register(X86_64::RA) {
         Some(RegisterRule::Undefined) => return Rule::End,
         None | Some(RegisterRule::Offset(-8)) => {}
@@ -209,7 +207,9 @@ fn rule<'a, S: UnwindSection<Reader<'a>>>(
             }
         }
         CfaRule::Expression(expr) => match expr.get(section) {
-            Ok(e) => plt_threshold(e.0.slice()).map_or(Rule::None, |threshold| Rule::Plt { threshold }),
+            Ok(e) => {
+                plt_threshold(e.0.slice()).map_or(Rule::None, |threshold| Rule::Plt { threshold })
+            }
             Err(_) => Rule::None,
         },
     }
@@ -242,7 +242,13 @@ mod tests {
         let c = dir.path().join("t.c");
         std::fs::write(&c, src).unwrap();
         let exe = dir.path().join("t");
-        let ok = Command::new("gcc").args(flags).arg(&c).arg("-o").arg(&exe).status().unwrap();
+        let ok = Command::new("gcc")
+            .args(flags)
+            .arg(&c)
+            .arg("-o")
+            .arg(&exe)
+            .status()
+            .unwrap();
         assert!(ok.success());
         std::fs::read(exe).unwrap()
     }
@@ -274,17 +280,39 @@ int main(int c, char **v) { printf("%d\n", f(c)); return 0; }
         let f = symbol(&data, "f");
         // push %rbp (1 byte); mov %rsp,%rbp (3 bytes); ...; pop %rbp; ret
         assert_eq!(at(&rows, f), Rule::Rsp { offset: 8, rbp: 0 });
-        assert_eq!(at(&rows, f + 1), Rule::Rsp { offset: 16, rbp: -16 });
-        assert_eq!(at(&rows, f + 4), Rule::Rbp { offset: 16, rbp: -16 });
+        assert_eq!(
+            at(&rows, f + 1),
+            Rule::Rsp {
+                offset: 16,
+                rbp: -16
+            }
+        );
+        assert_eq!(
+            at(&rows, f + 4),
+            Rule::Rbp {
+                offset: 16,
+                rbp: -16
+            }
+        );
         // The last byte of f is its ret, after pop %rbp.
         let end = rows.iter().find(|r| r.pc > f + 4).unwrap().pc;
-        assert_eq!(at(&rows, end), Rule::Rsp { offset: 8, rbp: -16 });
+        assert_eq!(
+            at(&rows, end),
+            Rule::Rsp {
+                offset: 8,
+                rbp: -16
+            }
+        );
         // _start is the outermost frame.
         assert_eq!(at(&rows, symbol(&data, "_start")), Rule::End);
         // Lazy binding keeps the PLT stub formula.
-        assert!(rows.iter().any(|r| Rule::of(r) == Rule::Plt { threshold: 11 }));
+        assert!(rows
+            .iter()
+            .any(|r| Rule::of(r) == Rule::Plt { threshold: 11 }));
         // Sorted, no two neighbours alike.
-        assert!(rows.windows(2).all(|w| w[0].pc < w[1].pc && Rule::of(&w[0]) != Rule::of(&w[1])));
+        assert!(rows
+            .windows(2)
+            .all(|w| w[0].pc < w[1].pc && Rule::of(&w[0]) != Rule::of(&w[1])));
     }
 
     #[test]
@@ -301,16 +329,29 @@ int main(int c, char **v) { long p[4] = {1,2,3,4}; return (int)g(p, c); }
         assert_eq!(at(&rows, g), Rule::Rsp { offset: 8, rbp: 0 });
         // Somewhere inside, the 512-byte array is on the stack (less the
         // 128-byte red zone a leaf may use below rsp).
-        let inside: Vec<Rule> = rows.iter().filter(|r| r.pc > g && r.pc < g + 64).map(Rule::of).collect();
+        let inside: Vec<Rule> = rows
+            .iter()
+            .filter(|r| r.pc > g && r.pc < g + 64)
+            .map(Rule::of)
+            .collect();
         assert!(
-            inside.iter().any(|r| matches!(r, Rule::Rsp { offset, .. } if *offset > 256)),
+            inside
+                .iter()
+                .any(|r| matches!(r, Rule::Rsp { offset, .. } if *offset > 256)),
             "{inside:?}"
         );
     }
 
     #[test]
     fn uncovered_code_falls_back_to_frame_pointers() {
-        let data = build(SRC, &["-O0", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"]);
+        let data = build(
+            SRC,
+            &[
+                "-O0",
+                "-fno-asynchronous-unwind-tables",
+                "-fno-unwind-tables",
+            ],
+        );
         let rows = compile(&data).unwrap();
         let f = symbol(&data, "f");
         assert_eq!(at(&rows, f), Rule::None);
@@ -318,7 +359,9 @@ int main(int c, char **v) { long p[4] = {1,2,3,4}; return (int)g(p, c); }
 
     #[test]
     fn plt_expression_and_garbage() {
-        let e = [0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, 0x3a, 0x2a, 0x33, 0x24, 0x22];
+        let e = [
+            0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, 0x3a, 0x2a, 0x33, 0x24, 0x22,
+        ];
         assert_eq!(plt_threshold(&e), Some(10));
         assert_eq!(plt_threshold(&e[1..]), None);
         assert!(compile(b"").is_err());
@@ -346,6 +389,9 @@ int main(int c, char **v) { long p[4] = {1,2,3,4}; return (int)g(p, c); }
         let libc = std::fs::read("/usr/lib/x86_64-linux-gnu/libc.so.6").unwrap();
         let rows = compile(&libc).unwrap();
         assert!(rows.len() > 5000, "{} rows", rows.len());
-        assert!(rows.iter().any(|r| Rule::of(r) == Rule::End), "clone/start markers");
+        assert!(
+            rows.iter().any(|r| Rule::of(r) == Rule::End),
+            "clone/start markers"
+        );
     }
 }
