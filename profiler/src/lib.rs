@@ -13,8 +13,10 @@
 //!    collapsed stacks;
 //! 8. [`offline`]: symbolize a raw profile later, elsewhere, by build ID.
 //!
-//! [`record`] runs stages 1–6 for the command line.
+//! [`record`] runs stages 1–6 for the command line; [`agent`] runs them
+//! continuously for a whole node.
 
+pub mod agent;
 pub mod aggregate;
 pub mod capture;
 pub mod encode;

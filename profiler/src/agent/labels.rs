@@ -1,0 +1,357 @@
+//! Where a process runs: its container and, inside Kubernetes, its pod.
+//!
+//! Everything comes from files on the node, with no API server: the
+//! container ID and pod UID from `/proc/PID/cgroup`, and the pod's namespace
+//! and name from the kubelet's log directories, which are named
+//! `/var/log/pods/<namespace>_<pod>_<uid>/<container>/`. The container's name
+//! comes from the kubelet's `/var/log/containers/<pod>_<namespace>_<container>-<id>.log`
+//! links, or from the pod directory when the pod has a single container.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Container and pod of one process; empty strings when not applicable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels {
+    /// Full container ID (64 hex digits).
+    pub container_id: String,
+    /// Pod UID, dashed (`0f1e...-....`).
+    pub pod_uid: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+/// What a cgroup path says: the container ID and the pod UID, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupIds {
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
+/// Parses `/proc/PID/cgroup`. Handles cgroup v2 (`0::/path`) and v1
+/// (`N:controllers:/path`) lines and the path shapes of the common runtimes:
+///
+/// - containerd, systemd driver: `.../kubepods-burstable-pod<uid_>.slice/cri-containerd-<id>.scope`
+/// - CRI-O: `.../crio-<id>.scope` (and `crio-conmon-<id>.scope` for its monitor)
+/// - docker, systemd driver: `/system.slice/docker-<id>.scope`
+/// - cgroupfs driver: `/kubepods/burstable/pod<uid>/<id>` or `/docker/<id>`
+///
+/// The v2 line wins when it names a container (on hybrid hosts the v1
+/// lines may be stale); otherwise the first v1 line that names one.
+pub fn parse_cgroup(text: &str) -> CgroupIds {
+    let mut best = CgroupIds::default();
+    let mut v2: Option<CgroupIds> = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(hier), Some(_), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let ids = parse_path(path);
+        if hier == "0" {
+            v2 = Some(ids);
+        } else {
+            if best.container_id.is_none() && ids.container_id.is_some() {
+                best.container_id = ids.container_id;
+            }
+            if best.pod_uid.is_none() && ids.pod_uid.is_some() {
+                best.pod_uid = ids.pod_uid;
+            }
+        }
+    }
+    match v2 {
+        Some(v) if v.container_id.is_some() => CgroupIds {
+            container_id: v.container_id,
+            pod_uid: v.pod_uid.or(best.pod_uid),
+        },
+        Some(v) => CgroupIds {
+            container_id: best.container_id,
+            pod_uid: best.pod_uid.or(v.pod_uid),
+        },
+        None => best,
+    }
+}
+
+/// The container ID (innermost component that holds one) and pod UID of
+/// one cgroup path.
+fn parse_path(path: &str) -> CgroupIds {
+    let mut ids = CgroupIds::default();
+    for comp in path.split('/').rev() {
+        if ids.container_id.is_none() {
+            ids.container_id = container_id_of(comp);
+        }
+        if ids.pod_uid.is_none() {
+            ids.pod_uid = pod_uid_of(comp);
+        }
+    }
+    ids
+}
+
+/// A 64-hex container ID in one path component, with the runtime's prefix
+/// and `.scope` suffix stripped. The conmon monitor of CRI-O is not the
+/// container, so it does not count.
+fn container_id_of(comp: &str) -> Option<String> {
+    let c = comp.strip_suffix(".scope").unwrap_or(comp);
+    if c.starts_with("crio-conmon-") {
+        return None;
+    }
+    let id = c.rsplit(['-', ':']).next().unwrap_or(c);
+    is_hex_id(id, 64).then(|| id.to_ascii_lowercase())
+}
+
+/// A pod UID in one path component: `pod<uid>` (cgroupfs driver, dashes)
+/// or `kubepods-<qos>-pod<uid>.slice` (systemd driver, underscores).
+fn pod_uid_of(comp: &str) -> Option<String> {
+    let c = comp.strip_suffix(".slice").unwrap_or(comp);
+    let i = c.rfind("pod")?;
+    let uid = c[i + 3..].replace('_', "-");
+    is_uid(&uid).then_some(uid)
+}
+
+fn is_hex_id(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A UID as Kubernetes writes it: 8-4-4-4-12 hex digits.
+fn is_uid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| is_hex_id(g, n))
+}
+
+/// One pod directory under the pods log root.
+#[derive(Clone, Debug)]
+struct PodDir {
+    namespace: String,
+    pod: String,
+    dir: PathBuf,
+}
+
+/// Looks up pods and containers by the kubelet's log directory names, with
+/// caches so the directories are listed rarely.
+pub struct Kubelet {
+    pods_dir: PathBuf,
+    containers_dir: PathBuf,
+    pods: HashMap<String, PodDir>,
+    containers: HashMap<String, String>,
+    last_scan: Option<Instant>,
+}
+
+/// How often the directories may be re-listed on a cache miss: a process
+/// of a pod we do not know yet waits at most this long for its labels, and
+/// processes outside Kubernetes cost nothing more than one listing per
+/// interval.
+const RESCAN: Duration = Duration::from_secs(5);
+
+impl Kubelet {
+    pub fn new(pods_dir: PathBuf, containers_dir: PathBuf) -> Self {
+        Kubelet {
+            pods_dir,
+            containers_dir,
+            pods: HashMap::new(),
+            containers: HashMap::new(),
+            last_scan: None,
+        }
+    }
+
+    /// The labels of process `pid`, from its cgroup and the kubelet's log
+    /// directories. Empty labels for host processes.
+    pub fn labels_of(&mut self, pid: u32) -> Labels {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return Labels::default();
+        };
+        self.labels_for(&parse_cgroup(&text))
+    }
+
+    /// Labels for parsed cgroup ids.
+    pub fn labels_for(&mut self, ids: &CgroupIds) -> Labels {
+        let mut l = Labels {
+            container_id: ids.container_id.clone().unwrap_or_default(),
+            pod_uid: ids.pod_uid.clone().unwrap_or_default(),
+            ..Labels::default()
+        };
+        if l.pod_uid.is_empty() {
+            return l;
+        }
+        if !self.pods.contains_key(&l.pod_uid) || !self.containers.contains_key(&l.container_id) {
+            self.rescan_if_due();
+        }
+        let Some(pod) = self.pods.get(&l.pod_uid).cloned() else {
+            return l;
+        };
+        l.namespace = pod.namespace;
+        l.pod = pod.pod;
+        l.container = match self.containers.get(&l.container_id) {
+            Some(name) => name.clone(),
+            None => single_container(&pod.dir).unwrap_or_default(),
+        };
+        l
+    }
+
+    /// The UID of pod `namespace/name`, if a directory for it exists.
+    pub fn pod_uid(&mut self, namespace: &str, name: &str) -> Option<String> {
+        let find = |pods: &HashMap<String, PodDir>| {
+            pods.iter()
+                .find(|(_, p)| p.namespace == namespace && p.pod == name)
+                .map(|(uid, _)| uid.clone())
+        };
+        if let Some(uid) = find(&self.pods) {
+            return Some(uid);
+        }
+        self.rescan_if_due();
+        find(&self.pods)
+    }
+
+    fn rescan_if_due(&mut self) {
+        if self.last_scan.is_some_and(|t| t.elapsed() < RESCAN) {
+            return;
+        }
+        self.last_scan = Some(Instant::now());
+        self.pods = scan_pods(&self.pods_dir);
+        self.containers = scan_containers(&self.containers_dir);
+    }
+}
+
+/// `<namespace>_<pod>_<uid>` directories. Kubernetes names cannot contain
+/// `_`, so the split is unambiguous.
+fn scan_pods(dir: &Path) -> HashMap<String, PodDir> {
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let parts: Vec<&str> = name.split('_').collect();
+        if let [ns, pod, uid] = parts[..] {
+            if is_uid(uid) {
+                out.insert(
+                    uid.to_owned(),
+                    PodDir {
+                        namespace: ns.to_owned(),
+                        pod: pod.to_owned(),
+                        dir: e.path(),
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Container ID -> container name from `<pod>_<namespace>_<container>-<id>.log`.
+fn scan_containers(dir: &Path) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+            continue;
+        };
+        let Some((rest, id)) = stem.rsplit_once('-') else {
+            continue;
+        };
+        if !is_hex_id(id, 64) {
+            continue;
+        }
+        if let [_, _, container] = rest.splitn(3, '_').collect::<Vec<_>>()[..] {
+            out.insert(id.to_ascii_lowercase(), container.to_owned());
+        }
+    }
+    out
+}
+
+/// The name of the only container directory of a pod, if there is one.
+fn single_container(pod_dir: &Path) -> Option<String> {
+    let mut names = std::fs::read_dir(pod_dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok());
+    let first = names.next()?;
+    names.next().is_none().then_some(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f2c0a1b9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
+    const UID: &str = "1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901";
+
+    #[test]
+    fn containerd_systemd_v2() {
+        let t = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope\n",
+            UID.replace('-', "_")
+        );
+        let ids = parse_cgroup(&t);
+        assert_eq!(ids.container_id.as_deref(), Some(ID));
+        assert_eq!(ids.pod_uid.as_deref(), Some(UID));
+    }
+
+    #[test]
+    fn crio_v2_and_conmon() {
+        let t = format!(
+            "0::/kubepods.slice/kubepods-pod{}.slice/crio-{ID}.scope\n",
+            UID.replace('-', "_")
+        );
+        assert_eq!(parse_cgroup(&t).container_id.as_deref(), Some(ID));
+        let t = format!(
+            "0::/kubepods.slice/kubepods-pod{}.slice/crio-conmon-{ID}.scope\n",
+            UID.replace('-', "_")
+        );
+        let ids = parse_cgroup(&t);
+        assert_eq!(ids.container_id, None);
+        assert_eq!(ids.pod_uid.as_deref(), Some(UID));
+    }
+
+    #[test]
+    fn cgroupfs_v1_kubepods_and_docker() {
+        let t = format!(
+            "12:pids:/kubepods/burstable/pod{UID}/{ID}\n11:memory:/kubepods/burstable/pod{UID}/{ID}\n0::/\n"
+        );
+        let ids = parse_cgroup(&t);
+        assert_eq!(ids.container_id.as_deref(), Some(ID));
+        assert_eq!(ids.pod_uid.as_deref(), Some(UID));
+        let t = format!("4:cpu,cpuacct:/docker/{ID}\n");
+        assert_eq!(parse_cgroup(&t).container_id.as_deref(), Some(ID));
+        let t = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(parse_cgroup(&t).container_id.as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn host_processes_and_short_hex_have_no_ids() {
+        let t = "4:memory:/process_api/bb9ae106df5b04f3dd665ea076f1d538\n1:cpu:/\n0::/user.slice/user-0.slice/session-1.scope\n";
+        assert_eq!(parse_cgroup(t), CgroupIds::default());
+        assert_eq!(parse_cgroup("garbage\n\n:"), CgroupIds::default());
+    }
+
+    #[test]
+    fn kubelet_dirs_name_pod_and_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = dir.path().join("pods");
+        let containers = dir.path().join("containers");
+        std::fs::create_dir_all(pods.join(format!("shop_cart-7d9f_{UID}/app"))).unwrap();
+        std::fs::create_dir_all(pods.join(format!("shop_cart-7d9f_{UID}/sidecar"))).unwrap();
+        std::fs::create_dir_all(&containers).unwrap();
+        std::fs::write(containers.join(format!("cart-7d9f_shop_app-{ID}.log")), "").unwrap();
+        let mut k = Kubelet::new(pods, containers);
+        let l = k.labels_for(&CgroupIds {
+            container_id: Some(ID.into()),
+            pod_uid: Some(UID.into()),
+        });
+        assert_eq!(
+            (l.namespace.as_str(), l.pod.as_str(), l.container.as_str()),
+            ("shop", "cart-7d9f", "app")
+        );
+        assert_eq!(k.pod_uid("shop", "cart-7d9f").as_deref(), Some(UID));
+        assert_eq!(k.pod_uid("shop", "nope"), None);
+    }
+}

@@ -1,0 +1,355 @@
+//! Naming frames for the agent: user addresses become (mapping, frames)
+//! once per stack, through a bounded cache shared by every process.
+//!
+//! The existing [`Symbolizer`] keys its work by `/proc/self/fd/N` paths of
+//! open binaries. A long-running agent closes binaries when the processes
+//! mapping them are gone, and the kernel then reuses their fd numbers, so
+//! the user-space symbolizer is recreated whenever binaries are closed (see
+//! [`Sym::forget`]). Our own cache is keyed by the file's identity on the
+//! node (device, inode) and survives that. All of this happens on one
+//! thread, the symbolizer thread ([`SymThread`]; blazesym's symbolizer is
+//! not `Send`, and one thread also serializes the work), and nothing
+//! outside the window holds a binary except jobs running there: that way a
+//! binary is only ever closed while no symbolizer state refers to its fd.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+
+use super::metrics::Counters;
+use super::window::ProcId;
+use crate::process::{Binary, BinaryKey, MapEntry, Process};
+use crate::symbolize::{Frame, SymbolFile, Symbolizer};
+
+/// One executable mapping of one process, as the profile will show it.
+#[derive(Debug)]
+pub struct MappingInfo {
+    pub proc: ProcId,
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub path: String,
+    /// GNU build ID, else Go build ID, else a content hash; empty if the
+    /// file could not be read.
+    pub build_id: String,
+    pub is_main: bool,
+}
+
+/// One user frame of a stack: its runtime address, the mapping it falls
+/// in, and its functions (innermost first), if known.
+#[derive(Debug)]
+pub struct ResolvedLoc {
+    pub addr: u64,
+    pub mapping: Option<Arc<MappingInfo>>,
+    pub frames: Option<Arc<[Frame]>>,
+}
+
+/// One user frame before symbolization: the address and, if it falls in a
+/// known mapping, that mapping, its open binary and whether it is the main
+/// executable.
+pub struct PendingLoc {
+    pub addr: u64,
+    pub mapping: Option<(MapEntry, Option<Arc<Binary>>, bool)>,
+}
+
+impl PendingLoc {
+    /// Looks up every address of a stack in a process's mappings.
+    pub fn for_stack(process: Option<&Process>, user: &[u64]) -> Vec<PendingLoc> {
+        user.iter()
+            .map(|&addr| PendingLoc {
+                addr,
+                mapping: process.and_then(|p| {
+                    let (entry, bin) = p.find(addr)?;
+                    let is_main = match (&p.exe, &entry.path) {
+                        (Some(exe), Some(path)) => exe.as_os_str() == path.as_str(),
+                        _ => false,
+                    };
+                    Some((entry.clone(), bin.cloned(), is_main))
+                }),
+            })
+            .collect()
+    }
+}
+
+/// One location between the passes of [`Sym::resolve`]: address, mapping,
+/// and the (binary, ELF address) to name it by.
+type Lookup = (u64, Option<Arc<MappingInfo>>, Option<(BinaryKey, u64)>);
+
+/// The symbolizers and the frame cache.
+pub struct Sym {
+    user: Symbolizer,
+    /// Binaries the current `user` symbolizer has opened by fd path.
+    seen: HashSet<BinaryKey>,
+    kernel: Option<Symbolizer>,
+    want_kernel: bool,
+    cache: HashMap<BinaryKey, HashMap<u64, Arc<[Frame]>>>,
+    entries: usize,
+    cap: usize,
+    counters: Arc<Counters>,
+}
+
+impl Sym {
+    /// `cap` bounds the cached addresses; `kernel` loads kallsyms (on first
+    /// use) for kernel frames.
+    pub fn new(cap: usize, kernel: bool, counters: Arc<Counters>) -> Self {
+        Sym {
+            user: Symbolizer::new(false),
+            seen: HashSet::new(),
+            kernel: None,
+            want_kernel: kernel,
+            cache: HashMap::new(),
+            entries: 0,
+            cap,
+            counters,
+        }
+    }
+
+    /// Cached addresses.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Publishes the cache size for `/metrics`.
+    fn publish(&self) {
+        self.counters
+            .symbol_cache_entries
+            .store(self.entries as u64, Ordering::Relaxed);
+    }
+
+    /// The kernel symbolizer, loading kallsyms on first use.
+    pub fn kernel(&mut self) -> Option<&Symbolizer> {
+        if self.want_kernel && self.kernel.is_none() {
+            self.kernel = Some(Symbolizer::new(true));
+        }
+        self.kernel.as_ref()
+    }
+
+    /// Drops what is known about closed binaries. Their fd numbers may be
+    /// reused by the next files opened, so if the path-keyed symbolizer
+    /// opened one of them, it starts afresh (and parses every file again
+    /// when next asked: hence [`Window::prune_binaries`]'s delay).
+    ///
+    /// [`Window::prune_binaries`]: super::window::Window::prune_binaries
+    pub fn forget(&mut self, closed: &[BinaryKey]) {
+        for k in closed {
+            if let Some(m) = self.cache.remove(k) {
+                self.entries -= m.len();
+            }
+        }
+        if closed.iter().any(|k| self.seen.contains(k)) {
+            self.reset_user();
+        }
+        self.publish();
+    }
+
+    fn reset_user(&mut self) {
+        self.user = Symbolizer::new(false);
+        self.seen.clear();
+    }
+
+    /// Resolves stacks of pending locations, each for its process. One
+    /// symbolizer batch per binary; cached addresses are not looked up again.
+    pub fn resolve(&mut self, stacks: Vec<(ProcId, Vec<PendingLoc>)>) -> Vec<Arc<[ResolvedLoc]>> {
+        let mut mappings: HashMap<(ProcId, u64), Arc<MappingInfo>> = HashMap::new();
+        let mut files: HashMap<BinaryKey, Option<SymbolFile>> = HashMap::new();
+        let mut todo: HashMap<BinaryKey, Vec<u64>> = HashMap::new();
+        // Pass 1: mappings, lookup addresses, cache hits and misses.
+        let mut lookups: Vec<Vec<Lookup>> = Vec::with_capacity(stacks.len());
+        for (proc, locs) in &stacks {
+            let mut out = Vec::with_capacity(locs.len());
+            for (i, loc) in locs.iter().enumerate() {
+                let Some((entry, bin, is_main)) = &loc.mapping else {
+                    out.push((loc.addr, None, None));
+                    continue;
+                };
+                let info = mappings
+                    .entry((*proc, entry.start))
+                    .or_insert_with(|| {
+                        Arc::new(MappingInfo {
+                            proc: *proc,
+                            start: entry.start,
+                            end: entry.end,
+                            offset: entry.offset,
+                            path: entry.path.clone().unwrap_or_default(),
+                            build_id: bin
+                                .as_ref()
+                                .and_then(|b| b.identity())
+                                .unwrap_or("")
+                                .to_owned(),
+                            is_main: *is_main,
+                        })
+                    })
+                    .clone();
+                let key = bin.as_ref().and_then(|b| {
+                    let file = files
+                        .entry(b.key)
+                        .or_insert_with(|| SymbolFile::from_binary(b))
+                        .as_ref()?;
+                    // Return addresses are looked up one byte back, inside
+                    // the call instruction.
+                    let off = entry.file_offset(loc.addr);
+                    let off = if i == 0 { off } else { off.saturating_sub(1) };
+                    Some((b.key, file.vaddr(off, entry.offset)?))
+                });
+                if let Some((bk, vaddr)) = key {
+                    let hit = self.cache.get(&bk).is_some_and(|m| m.contains_key(&vaddr));
+                    if hit {
+                        Counters::inc(&self.counters.symbol_cache_hits);
+                    } else {
+                        todo.entry(bk).or_default().push(vaddr);
+                    }
+                }
+                out.push((loc.addr, Some(info), key));
+            }
+            lookups.push(out);
+        }
+        // Pass 2: symbolize the misses, one batch per binary.
+        let mut fresh: HashMap<(BinaryKey, u64), Arc<[Frame]>> = HashMap::new();
+        for (bk, mut vaddrs) in todo {
+            vaddrs.sort_unstable();
+            vaddrs.dedup();
+            let Some(Some(file)) = files.get(&bk) else {
+                continue;
+            };
+            for _ in &vaddrs {
+                Counters::inc(&self.counters.symbol_cache_misses);
+            }
+            self.seen.insert(bk);
+            let found = self.user.symbolize_file(file, &vaddrs);
+            for (v, frames) in vaddrs.into_iter().zip(found) {
+                fresh.insert((bk, v), frames.into());
+            }
+        }
+        // Pass 3: assemble, then cache what was new.
+        let result = lookups
+            .into_iter()
+            .map(|locs| {
+                locs.into_iter()
+                    .map(|(addr, mapping, key)| {
+                        let frames = key
+                            .and_then(|k| {
+                                fresh
+                                    .get(&k)
+                                    .cloned()
+                                    .or_else(|| self.cache.get(&k.0)?.get(&k.1).cloned())
+                            })
+                            .filter(|f| !f.is_empty());
+                        ResolvedLoc {
+                            addr,
+                            mapping,
+                            frames,
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .into()
+            })
+            .collect();
+        if self.entries + fresh.len() > self.cap {
+            // Simplest bound that cannot thrash per address: start over.
+            self.cache.clear();
+            self.entries = 0;
+            self.reset_user();
+            Counters::inc(&self.counters.symbol_cache_evictions);
+        }
+        for ((bk, v), frames) in fresh {
+            if self.entries < self.cap
+                && self
+                    .cache
+                    .entry(bk)
+                    .or_default()
+                    .insert(v, frames)
+                    .is_none()
+            {
+                self.entries += 1;
+            }
+        }
+        self.publish();
+        result
+    }
+}
+
+/// Work for the symbolizer thread.
+type Job = Box<dyn FnOnce(&mut Sym) + Send>;
+
+/// The thread that owns the [`Sym`] and runs every job that symbolizes,
+/// one at a time.
+pub struct SymThread {
+    tx: mpsc::Sender<Job>,
+}
+
+impl SymThread {
+    /// Starts the thread; `make` builds the `Sym` there.
+    pub fn spawn(make: impl FnOnce() -> Sym + Send + 'static) -> std::io::Result<SymThread> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("rprof-symbolize".into())
+            .spawn(move || {
+                let mut sym = make();
+                while let Ok(job) = rx.recv() {
+                    job(&mut sym);
+                }
+            })?;
+        Ok(SymThread { tx })
+    }
+
+    /// Runs `f` on the symbolizer thread and waits for its result. `None`
+    /// if the thread is gone (it panicked).
+    pub async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Sym) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |sym| {
+            let _ = tx.send(f(sym));
+        });
+        self.tx.send(job).ok()?;
+        rx.await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::ProcessTable;
+
+    #[inline(never)]
+    fn marker_function() -> u64 {
+        marker_function as *const () as u64
+    }
+
+    #[test]
+    fn resolves_own_code_and_caches() {
+        let pid = std::process::id();
+        let mut table = ProcessTable::new();
+        let p = table.observe(pid).unwrap();
+        let addr = marker_function();
+        let counters = Arc::new(Counters::default());
+        let mut sym = Sym::new(1000, false, counters.clone());
+        let r = sym.resolve(vec![(7, PendingLoc::for_stack(Some(p), &[addr, 8]))]);
+        let loc = &r[0][0];
+        let m = loc.mapping.as_ref().unwrap();
+        assert!(m.is_main && m.proc == 7 && !m.build_id.is_empty());
+        let frames = loc.frames.as_ref().expect("own code is named");
+        assert!(
+            frames.last().unwrap().function.contains("marker_function"),
+            "{frames:?}"
+        );
+        assert!(r[0][1].mapping.is_none() && r[0][1].frames.is_none());
+        assert_eq!(sym.entries(), 1);
+        let r2 = sym.resolve(vec![(8, PendingLoc::for_stack(Some(p), &[addr]))]);
+        assert_eq!(r2[0][0].frames.as_ref().unwrap()[..], frames[..]);
+        assert_eq!(
+            counters
+                .symbol_cache_hits
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let key = loc_binary_key(&table, pid, addr);
+        sym.forget(&[key]);
+        assert_eq!(sym.entries(), 0);
+    }
+
+    fn loc_binary_key(t: &ProcessTable, pid: u32, addr: u64) -> BinaryKey {
+        t.get(pid).unwrap().find(addr).unwrap().1.unwrap().key
+    }
+}

@@ -1,0 +1,1009 @@
+//! End-to-end tests of `rprof-bpf agent`: the real agent binary with the
+//! real BPF program, real fixtures, real HTTP clients (`go tool pprof`
+//! among them), a real cgroup, and a local receiver speaking Pyroscope's
+//! `/ingest` contract.
+
+mod harness;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::*;
+use rprof_bpf::pprof::Profile;
+
+/// A running agent on a free loopback port; SIGKILLed on drop if still up.
+struct Agent {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    /// Starts `rprof-bpf agent --listen 127.0.0.1:0 ARGS` and waits until it
+    /// says where it listens.
+    fn start(args: &[&str]) -> Agent {
+        let mut child = rprof()
+            .args(["agent", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the agent");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("serving http://127.0.0.1:").nth(1) {
+                    let port: u16 = rest.split('/').next().unwrap().parse().unwrap();
+                    let _ = tx.send(port);
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the agent did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Agent { child, port, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        http_get(self.port, path, &[])
+    }
+
+    fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        http_get(self.port, path, headers)
+    }
+
+    /// `/metrics` as name -> value (unlabelled series only).
+    fn metrics(&self, headers: &[(&str, &str)]) -> HashMap<String, f64> {
+        let r = self.get_with("/metrics", headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Resident memory from /proc: (all of it, anonymous only) in bytes.
+    /// File-backed pages are the binaries the agent maps to symbolize
+    /// (page cache the kernel can reclaim); anonymous memory is its heap.
+    fn rss(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| -> u64 {
+            let kb: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap();
+            kb * 1024
+        };
+        (field("VmRSS:"), field("RssAnon:"))
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then the exit status must be success and the log clean.
+    fn stop(mut self) -> String {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent ignored SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log();
+        assert!(status.success(), "agent exited with {status}:\n{log}");
+        assert!(!log.contains("panicked"), "{log}");
+        log
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP response.
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn profile(&self) -> Profile {
+        assert_eq!(self.status, 200, "{}", self.text());
+        rprof_bpf::pprof::decode(&self.body).expect("a pprof profile")
+    }
+}
+
+/// A minimal HTTP/1.1 GET with `Connection: close`.
+fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the agent");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("reading the response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response headers");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+}
+
+/// The set of `pid` labels of a profile.
+fn pids(p: &Profile) -> std::collections::BTreeSet<i64> {
+    p.sample
+        .iter()
+        .filter_map(|s| num_label(p, s, "pid"))
+        .collect()
+}
+
+fn spin_binary(dir: &Path) -> PathBuf {
+    let exe = dir.join("spin");
+    build_c("spin.c", &exe, &["-O1", "-g", "-fno-omit-frame-pointer"]);
+    exe
+}
+
+fn spin(exe: &Path, seconds: u32) -> Target {
+    let mut c = Command::new(exe);
+    c.arg(seconds.to_string());
+    Target::start(c)
+}
+
+#[test]
+fn pull_with_go_tool_pprof() {
+    let Some(go) = go127() else { return };
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("gohot");
+    build_go(&go, "gohot", &exe, &[]);
+    let mut cmd = Command::new(&exe);
+    cmd.args(["-seconds", "30"]);
+    let target = spin_like(cmd);
+    let agent = Agent::start(&[]);
+
+    let url = format!(
+        "http://127.0.0.1:{}/debug/pprof/profile?pid={}&seconds=3",
+        agent.port,
+        target.pid()
+    );
+    let t0 = Instant::now();
+    let out = go_command(&go)
+        .env("PPROF_TMPDIR", dir.path())
+        .args(["tool", "pprof", "-top", &url])
+        .output()
+        .expect("running go tool pprof");
+    let took = t0.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "go tool pprof failed:\n{stdout}\n{}\nagent:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "the request must wait its seconds ({took:?})"
+    );
+    // The first row of the top table is the hot function.
+    let rows: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+        .collect();
+    let first = rows.first().unwrap_or_else(|| panic!("no rows:\n{stdout}"));
+    assert!(
+        first.trim_end().ends_with("main.hotLoop"),
+        "top row is {first:?}:\n{stdout}"
+    );
+    let flat_pct: f64 = first
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.trim_end_matches('%').parse().ok())
+        .unwrap();
+    assert!(flat_pct > 55.0, "main.hotLoop has {flat_pct}%:\n{stdout}");
+    assert!(stdout.contains("Duration: 3s"), "{stdout}");
+
+    // The same profile with our decoder: exact range, one process, labels,
+    // and as many samples as the fixture used CPU (100 Hz x CPU seconds).
+    let c0 = cpu_seconds(target.pid());
+    let t0 = Instant::now();
+    let p = agent
+        .get(&format!(
+            "/debug/pprof/profile?pid={}&seconds=2",
+            target.pid()
+        ))
+        .profile();
+    let util = (cpu_seconds(target.pid()) - c0) / t0.elapsed().as_secs_f64();
+    assert_eq!(pids(&p), [i64::from(target.pid())].into());
+    assert_eq!(p.duration_nanos, 2_000_000_000);
+    let n = total(&p, 0) as f64;
+    let expected = util * 2.0 * 100.0;
+    assert!(
+        (n - expected).abs() <= 0.15 * expected + 5.0,
+        "{n} samples, expected {expected:.0} (2 s x 100 Hz x {util:.2} CPUs)"
+    );
+    let s = &p.sample[0];
+    assert_eq!(str_label(&p, s, "process"), Some("gohot"));
+    assert_eq!(str_label(&p, s, "exe"), Some(exe.to_str().unwrap()));
+    assert!(num_label(&p, s, "tid").is_some() && str_label(&p, s, "thread").is_some());
+    assert!(p.mapping[0].has_functions);
+    agent.stop();
+}
+
+/// Like `Target::start` (waits for "ready").
+fn spin_like(cmd: Command) -> Target {
+    Target::start(cmd)
+}
+
+/// A cgroup made for the test (a containerd-style scope inside a
+/// Kubernetes pod slice), removed on drop.
+struct TestCgroup {
+    dirs: Vec<PathBuf>,
+    leaf: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `<cgroup2 mount>/kubepods.slice/.../cri-containerd-<id>.scope`.
+    /// `None` (skip) when no writable cgroup2 hierarchy exists, except in CI.
+    fn create(pod_uid: &str, container_id: &str) -> Option<TestCgroup> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mount = mountinfo.lines().find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            if !post.starts_with("cgroup2 ") {
+                return None;
+            }
+            Some(PathBuf::from(pre.split(' ').nth(4)?))
+        });
+        let Some(mount) = mount else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "no cgroup2 hierarchy mounted"
+            );
+            eprintln!("skipping: no cgroup2 hierarchy mounted");
+            return None;
+        };
+        let uid_ = pod_uid.replace('-', "_");
+        let rel = [
+            "kubepods.slice".to_owned(),
+            "kubepods-besteffort.slice".to_owned(),
+            format!("kubepods-besteffort-pod{uid_}.slice"),
+            format!("cri-containerd-{container_id}.scope"),
+        ];
+        let mut dirs = Vec::new();
+        let mut cur = mount;
+        for r in rel {
+            cur = cur.join(r);
+            if !cur.exists() {
+                std::fs::create_dir(&cur)
+                    .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cur.display()));
+                dirs.push(cur.clone());
+            }
+        }
+        Some(TestCgroup { dirs, leaf: cur })
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.leaf.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+#[test]
+fn container_pod_and_node_filters() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin_binary(dir.path());
+    let uid = "5f1e3c2a-9b7d-4e6f-8a1b-2c3d4e5f6a7b";
+    let id = format!(
+        "{:064x}",
+        u128::from(std::process::id()) * 0x9e37_79b9_7f4a_7c15 + 7
+    );
+    let Some(cg) = TestCgroup::create(uid, &id) else {
+        return;
+    };
+    // The kubelet's log directories, as they look on a node.
+    let pods = dir.path().join("pods");
+    let containers = dir.path().join("containers");
+    std::fs::create_dir_all(pods.join(format!("shop_cart-5d8f_{uid}/app"))).unwrap();
+    std::fs::create_dir_all(pods.join(format!("shop_cart-5d8f_{uid}/sidecar"))).unwrap();
+    std::fs::create_dir_all(&containers).unwrap();
+    std::fs::write(containers.join(format!("cart-5d8f_shop_app-{id}.log")), "").unwrap();
+
+    let mut inside = spin(&exe, 30);
+    cg.add(inside.pid());
+    let outside = spin(&exe, 30);
+    let agent = Agent::start(&[
+        "--pods-log-dir",
+        pods.to_str().unwrap(),
+        "--containers-log-dir",
+        containers.to_str().unwrap(),
+    ]);
+
+    let port = agent.port;
+    let ask = |q: String| std::thread::spawn(move || http_get(port, &q, &[]));
+    let by_id = ask(format!("/debug/pprof/profile?container={id}&seconds=2"));
+    let by_prefix = ask(format!(
+        "/debug/pprof/profile?container={}&seconds=2",
+        &id[..12]
+    ));
+    let by_pod = ask("/debug/pprof/profile?pod=shop/cart-5d8f&seconds=2".into());
+    let node = ask("/debug/pprof/profile?seconds=2".into());
+    let (by_id, by_prefix, by_pod, node) = (
+        by_id.join().unwrap().profile(),
+        by_prefix.join().unwrap().profile(),
+        by_pod.join().unwrap().profile(),
+        node.join().unwrap().profile(),
+    );
+    let want = [i64::from(inside.pid())].into();
+    assert_eq!(pids(&by_id), want, "only the process in the container");
+    assert_eq!(pids(&by_prefix), want);
+    assert_eq!(pids(&by_pod), want);
+    assert!(total(&by_id, 0) > 60, "{} samples", total(&by_id, 0));
+    assert!(flat_share(&by_id, "hot_inner") > 0.9);
+    for s in &by_id.sample {
+        assert_eq!(str_label(&by_id, s, "container_id"), Some(id.as_str()));
+        assert_eq!(str_label(&by_id, s, "namespace"), Some("shop"));
+        assert_eq!(str_label(&by_id, s, "pod"), Some("cart-5d8f"));
+        assert_eq!(str_label(&by_id, s, "container"), Some("app"));
+    }
+    let node_pids = pids(&node);
+    assert!(
+        node_pids.contains(&i64::from(inside.pid()))
+            && node_pids.contains(&i64::from(outside.pid()))
+    );
+    for s in node
+        .sample
+        .iter()
+        .filter(|s| num_label(&node, s, "pid") == Some(i64::from(outside.pid())))
+    {
+        assert_eq!(
+            str_label(&node, s, "container_id"),
+            None,
+            "host process has no container"
+        );
+    }
+    // The index page lists both, with the container and pod of one.
+    let index = agent.get("/debug/pprof/").text();
+    assert!(
+        index.contains(&format!("pid={}&amp;seconds=30", inside.pid())),
+        "{index}"
+    );
+    assert!(index.contains(&format!("pid={}&amp;seconds=30", outside.pid())));
+    assert!(
+        index.contains("shop/cart-5d8f") && index.contains(&format!("container={}", &id[..12]))
+    );
+    inside.child.kill().unwrap();
+    inside.wait();
+    drop(cg);
+    agent.stop();
+}
+
+#[test]
+fn bad_requests_auth_and_limits() {
+    let _lock = capture_lock();
+    // Bad combinations are usage errors (exit 2) before anything loads.
+    let o = record(&[
+        "agent",
+        "--output-dir",
+        "/tmp",
+        "--window",
+        "30s",
+        "--retain",
+        "10s",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--retain"));
+    let o = record(&["agent", "--push-url", "ftp://x"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = record(&["agent", "--token-file", "/nonexistent/token"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/token"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let exe = spin_binary(dir.path());
+    let target = spin(&exe, 30);
+    let agent = Agent::start(&[
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--max-concurrent-profiles",
+        "1",
+    ]);
+    let auth = [("Authorization", "Bearer s3cret-token")];
+
+    // Token.
+    let r = agent.get(&format!(
+        "/debug/pprof/profile?pid={}&seconds=1",
+        target.pid()
+    ));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(agent.get("/metrics").status, 401);
+    assert_eq!(agent.get("/debug/pprof/").status, 401);
+    assert_eq!(
+        agent
+            .get_with("/metrics", &[("Authorization", "Bearer wrong")])
+            .status,
+        401
+    );
+    assert_eq!(agent.get("/healthz").status, 200, "probes need no token");
+
+    // Unknown targets: 404 with a reason.
+    let r = agent.get_with("/debug/pprof/profile?pid=2147483647&seconds=1", &auth);
+    assert_eq!(r.status, 404);
+    assert!(
+        r.text().contains("no running process with pid 2147483647"),
+        "{}",
+        r.text()
+    );
+    let r = agent.get_with(
+        &format!("/debug/pprof/profile?container={}", "e".repeat(64)),
+        &auth,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = agent.get_with("/debug/pprof/profile?pod=nowhere/nothing", &auth);
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // Bad parameters: 400.
+    for q in [
+        "seconds=abc",
+        "seconds=0",
+        "seconds=301",
+        "pid=abc",
+        "pid=1&pod=a/b",
+        "container=zz",
+        "pod=nonamespace",
+    ] {
+        let r = agent.get_with(&format!("/debug/pprof/profile?{q}"), &auth);
+        assert_eq!(r.status, 400, "{q}: {}", r.text());
+        assert!(!r.text().is_empty());
+    }
+
+    // Clients that connect and never finish their request hold no profile
+    // slot: the one slot is still free.
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+            s.write_all(b"GET /debug/pprof/profile?seconds=1 HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+
+    // One profile at a time: a second concurrent request gets 429.
+    let port = agent.port;
+    let pid = target.pid();
+    let first = std::thread::spawn(move || {
+        http_get(
+            port,
+            &format!("/debug/pprof/profile?pid={pid}&seconds=3"),
+            &auth,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let r = agent.get_with(
+        &format!("/debug/pprof/profile?pid={}&seconds=1", target.pid()),
+        &auth,
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    let p = first.join().unwrap().profile();
+    assert!(flat_share(&p, "hot_inner") > 0.9);
+    // The slot is free again.
+    let p = agent
+        .get_with(
+            &format!("/debug/pprof/profile?pid={}&seconds=1", target.pid()),
+            &auth,
+        )
+        .profile();
+    assert!(total(&p, 0) > 20);
+    drop(idle);
+
+    let m = agent.metrics(&auth);
+    assert!(m["rprof_agent_profile_requests_total{code=\"429\"}"] >= 1.0);
+    assert!(m["rprof_agent_profile_requests_total{code=\"401\"}"] >= 4.0);
+    assert!(m["rprof_agent_profile_requests_total{code=\"400\"}"] >= 7.0);
+    assert!(m["rprof_agent_profile_requests_total{code=\"404\"}"] >= 3.0);
+    assert!(m["rprof_agent_profile_requests_total{code=\"200\"}"] >= 2.0);
+    agent.stop();
+}
+
+/// One request to the test's Pyroscope receiver.
+#[derive(Clone, Debug)]
+struct Ingest {
+    status: u16,
+    path: String,
+    query: HashMap<String, String>,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let h = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(h, 16).unwrap());
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// A Pyroscope stand-in: `POST /ingest?name=..&from=..&until=..&format=pprof`
+/// with the profile as the body. The first `fail_first` requests get 503.
+fn pyroscope_receiver(fail_first: usize) -> (u16, Arc<Mutex<Vec<Ingest>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<Ingest>>> = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut request_line = String::new();
+            if r.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut len = 0usize;
+            let mut content_type = String::new();
+            loop {
+                let mut l = String::new();
+                r.read_line(&mut l).unwrap();
+                let l = l.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                let (k, v) = l.split_once(':').unwrap();
+                match k.to_ascii_lowercase().as_str() {
+                    "content-length" => len = v.trim().parse().unwrap(),
+                    "content-type" => content_type = v.trim().to_owned(),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let target = request_line.split(' ').nth(1).unwrap_or("").to_owned();
+            let (path, qs) = target.split_once('?').unwrap_or((&target, ""));
+            let query = qs
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+                .collect();
+            let mut seen = seen2.lock().unwrap();
+            let status = if seen.len() < fail_first { 503 } else { 200 };
+            seen.push(Ingest {
+                status,
+                path: path.to_owned(),
+                query,
+                content_type,
+                body,
+            });
+            drop(seen);
+            let reason = if status == 200 {
+                "OK"
+            } else {
+                "Service Unavailable"
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn push_to_pyroscope_ingest_with_retries() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin_binary(dir.path());
+    let target = spin(&exe, 30);
+    let (port, seen) = pyroscope_receiver(2);
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let started = unix();
+    let agent = Agent::start(&[
+        "--push-url",
+        &format!("http://127.0.0.1:{port}"),
+        "--window",
+        "2s",
+        "--retain",
+        "10s",
+        "--node-name",
+        "node-a",
+        "--push-header",
+        "X-Scope-OrgID: team-a",
+    ]);
+
+    // Wait for an accepted profile of the fixture.
+    let want = format!("pid={}", target.pid());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let accepted = loop {
+        let got = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|i| i.status == 200 && i.query.get("name").is_some_and(|n| n.contains(&want)))
+            .cloned();
+        if let Some(i) = got {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no profile of the fixture pushed:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let ended = unix();
+    assert_eq!(accepted.path, "/ingest");
+    assert_eq!(accepted.query["format"], "pprof");
+    assert_eq!(accepted.content_type, "application/octet-stream");
+    let name = &accepted.query["name"];
+    assert_eq!(
+        name,
+        &format!(
+            "spin{{node=node-a,pid={},process=spin,exe=spin}}",
+            target.pid()
+        )
+    );
+    let from: i64 = accepted.query["from"].parse().unwrap();
+    let until: i64 = accepted.query["until"].parse().unwrap();
+    assert!(
+        (1..=3).contains(&(until - from)),
+        "a 2 s window: {from}..{until}"
+    );
+    assert!(
+        from >= started - 1 && until <= ended + 1,
+        "{from}..{until} not within {started}..{ended}"
+    );
+    let p = rprof_bpf::pprof::decode(&accepted.body).expect("the body is a pprof profile");
+    assert_eq!(pids(&p), [i64::from(target.pid())].into());
+    assert!(
+        (1_900_000_000..=2_300_000_000).contains(&p.duration_nanos),
+        "{}",
+        p.duration_nanos
+    );
+    assert!(p.time_nanos / 1_000_000_000 >= from && p.time_nanos / 1_000_000_000 <= from + 1);
+    assert!(
+        total(&p, 0) >= 60,
+        "{} samples in a 2 s window",
+        total(&p, 0)
+    );
+    assert!(flat_share(&p, "hot_inner") > 0.9);
+
+    // The first two answers were 503: each of those profiles was sent again
+    // and accepted.
+    let all = seen.lock().unwrap().clone();
+    let failed: Vec<&Ingest> = all.iter().filter(|i| i.status == 503).collect();
+    assert_eq!(failed.len(), 2);
+    for f in failed {
+        assert!(
+            all.iter()
+                .any(|i| i.status == 200 && i.query == f.query && i.body == f.body),
+            "503'd profile {:?} was not retried",
+            f.query
+        );
+    }
+    let m = agent.metrics(&[]);
+    assert!(m["rprof_agent_push_retries_total"] >= 2.0);
+    assert!(m["rprof_agent_push_success_total"] >= 2.0);
+    assert_eq!(m["rprof_agent_push_failures_total"], 0.0);
+    agent.stop();
+}
+
+#[test]
+fn churn_of_short_lived_processes_keeps_memory_bounded() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin_binary(dir.path());
+    let agent = Agent::start(&["--retain", "4s"]);
+    // Warm up: a whole-node profile with kernel frames loads the kernel
+    // symbols, which stay loaded; the baseline is taken after that.
+    let mut sys = Command::new(&exe);
+    sys.args(["2", "sys"]);
+    let mut sys = Target::start(sys);
+    let warm = agent.get("/debug/pprof/profile?seconds=2").profile();
+    assert!(warm
+        .mapping
+        .iter()
+        .any(|m| warm.str(m.filename) == "[kernel.kallsyms]"));
+    sys.wait();
+    std::thread::sleep(Duration::from_secs(5));
+    let base = agent.metrics(&[]);
+    let base_rss = agent.rss();
+
+    // During the churn, a whole-node profile (symbolizes everything).
+    let port = agent.port;
+    let during = std::thread::spawn(move || http_get(port, "/debug/pprof/profile?seconds=3", &[]));
+    let t0 = Instant::now();
+    let trues = Command::new("sh")
+        .args(["-c", "for i in $(seq 2000); do /bin/true; done"])
+        .spawn()
+        .unwrap();
+    let burners = Command::new("sh")
+        .args([
+            "-c",
+            "for i in $(seq 60); do sh -c 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done'; done",
+        ])
+        .spawn()
+        .unwrap();
+    for mut c in [trues, burners] {
+        assert!(c.wait().unwrap().success());
+    }
+    let churn_time = t0.elapsed();
+    let p = during.join().unwrap().profile();
+    let peak = agent.metrics(&[]);
+    let peak_rss = agent.rss();
+    assert!(
+        peak["rprof_agent_processes_seen_total"] - base["rprof_agent_processes_seen_total"] >= 40.0,
+        "the burners were sampled: {} processes seen",
+        peak["rprof_agent_processes_seen_total"]
+    );
+    assert!(
+        pids(&p).len() >= 10,
+        "the node profile during churn has {} processes",
+        pids(&p).len()
+    );
+
+    // Everything of the churn ages out of the 4 s window.
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(agent.child.id() > 0);
+    assert_eq!(agent.get("/healthz").status, 200);
+    let after = agent.metrics(&[]);
+    let after_rss = agent.rss();
+    eprintln!(
+        "churn {churn_time:?}: processes seen {} -> {}, in window {} -> {} -> {}, stacks {} -> {} -> {}, binaries {} -> {} -> {}, RSS {:.1} -> {:.1} -> {:.1} MiB, anonymous {:.1} -> {:.1} -> {:.1} MiB",
+        base["rprof_agent_processes_seen_total"],
+        after["rprof_agent_processes_seen_total"],
+        base["rprof_agent_processes_in_window"],
+        peak["rprof_agent_processes_in_window"],
+        after["rprof_agent_processes_in_window"],
+        base["rprof_agent_window_stacks"],
+        peak["rprof_agent_window_stacks"],
+        after["rprof_agent_window_stacks"],
+        base["rprof_agent_open_binaries"],
+        peak["rprof_agent_open_binaries"],
+        after["rprof_agent_open_binaries"],
+        base_rss.0 as f64 / 1048576.0,
+        peak_rss.0 as f64 / 1048576.0,
+        after_rss.0 as f64 / 1048576.0,
+        base_rss.1 as f64 / 1048576.0,
+        peak_rss.1 as f64 / 1048576.0,
+        after_rss.1 as f64 / 1048576.0,
+    );
+    assert!(
+        after["rprof_agent_processes_exited_total"] >= 40.0,
+        "exited processes were handed to the janitor"
+    );
+    assert!(
+        after["rprof_agent_processes_in_window"] <= base["rprof_agent_processes_in_window"] + 5.0,
+        "processes are freed with their samples"
+    );
+    assert!(after["rprof_agent_window_stacks"] <= base["rprof_agent_window_stacks"] + 100.0);
+    assert!(
+        after["rprof_agent_open_binaries"] <= base["rprof_agent_open_binaries"] + 5.0,
+        "binaries of exited processes are closed"
+    );
+    assert!(
+        after_rss.1 <= base_rss.1 + 8 * 1024 * 1024,
+        "heap {} MiB after the churn vs {} MiB before",
+        after_rss.1 >> 20,
+        base_rss.1 >> 20
+    );
+    assert!(
+        after_rss.0 <= peak_rss.0.max(base_rss.0 + 64 * 1024 * 1024),
+        "RSS {} MiB after the churn vs {} MiB before",
+        after_rss.0 >> 20,
+        base_rss.0 >> 20
+    );
+    agent.stop();
+}
+
+#[test]
+fn output_dir_rotation_respects_max_disk() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin_binary(dir.path());
+    let target = spin(&exe, 30);
+    let out = dir.path().join("profiles");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("README"), "not ours").unwrap();
+    let max = 8 * 1024u64;
+    let agent = Agent::start(&[
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--window",
+        "1s",
+        "--retain",
+        "5s",
+        "--max-disk",
+        "8KiB",
+    ]);
+    let ours = |out: &Path| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(out)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().into_string().unwrap(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .filter(|(n, _)| n.ends_with(".pb.gz"))
+            .collect();
+        v.sort();
+        v
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        std::thread::sleep(Duration::from_millis(700));
+        let files = ours(&out);
+        let total: u64 = files.iter().map(|f| f.1).sum();
+        assert!(
+            total <= max,
+            "{total} bytes in {} files over --max-disk {max}",
+            files.len()
+        );
+        let m = agent.metrics(&[]);
+        if m["rprof_agent_files_deleted_total"] >= 3.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rotation happened: {files:?}\n{}",
+            agent.log()
+        );
+    }
+    let log = agent.stop();
+    let files = ours(&out);
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    assert!(total <= max, "{total} bytes after shutdown");
+    assert_eq!(
+        std::fs::read_to_string(out.join("README")).unwrap(),
+        "not ours",
+        "{log}"
+    );
+    // Every file is a whole profile; the fixture's newest names its hot function.
+    for (name, _) in &files {
+        rprof_bpf::pprof::read_file(&out.join(name)).expect("complete profile");
+        let ts = &name[..10];
+        assert!(
+            ts.bytes().all(|b| b.is_ascii_digit()) && name.as_bytes()[10] == b'_',
+            "{name}"
+        );
+    }
+    let spin_file = files
+        .iter()
+        .rev()
+        .find(|(n, _)| n.contains(&format!("_{}_spin", target.pid())))
+        .unwrap_or_else(|| panic!("no profile of the fixture in {files:?}"));
+    let p = load(&out.join(&spin_file.0));
+    assert_eq!(pids(&p), [i64::from(target.pid())].into());
+    assert!(flat_share(&p, "hot_inner") > 0.9);
+}
