@@ -70,7 +70,7 @@ _Static_assert(__builtin_offsetof(struct rprof_sample, user_stack) == 64,
  * rprof_proc_info: its executable mappings, sorted by start, each pointing
  * at its file's rows (row_count 0: no table, use frame pointers).
  */
-#define RPROF_MAX_UNWIND_ROWS (1u << 21) /* 2M rows x 16 B = 32 MiB, resized by the loader */
+#define RPROF_MAX_UNWIND_ROWS (1u << 19) /* 512K rows x 16 B = 8 MiB, resized by the loader */
 #define RPROF_MAX_PROC_MAPS   64          /* executable mappings per process */
 #define RPROF_MAX_PROCS       4096        /* processes with tables at once */
 

@@ -21,7 +21,7 @@ pub const FLAG_DWARF_UNWOUND: u32 = 1 << 2;
 pub const FLAG_REACHED_ROOT: u32 = 1 << 3;
 
 /// Default capacity of the shared unwind-row array (`RPROF_MAX_UNWIND_ROWS`).
-pub const MAX_UNWIND_ROWS: u32 = 1 << 21;
+pub const MAX_UNWIND_ROWS: u32 = 1 << 19;
 /// Executable mappings per process in [`ProcInfo`] (`RPROF_MAX_PROC_MAPS`).
 pub const MAX_PROC_MAPS: usize = 64;
 /// Processes with unwind tables at once (`RPROF_MAX_PROCS`).

@@ -177,7 +177,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let rounds = if quick { 1 } else { 3 };
     overhead(&env, &spin, rounds, &mut md)?;
     per_sample(&env, &spin, rounds, if quick { 5 } else { 10 }, &mut md)?;
-    accuracy(&env, &mut md)?;
+    accuracy(&env, if quick { 10 } else { 30 }, &mut md)?;
     symbolization(&env, quick, &mut md)?;
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
 
@@ -380,14 +380,17 @@ fn shares(env: &Env, file: &Path) -> Result<Vec<(String, f64, f64)>> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let pct = |s: &str| s.trim_end_matches('%').parse::<f64>().ok();
-            Some((f.get(5..)?.join(" "), pct(f.get(1)?)?, pct(f.get(4)?)?))
+            // pprof marks inlined functions "name (inline)".
+            let name = f.get(5..)?.join(" ");
+            let name = name.trim_end_matches(" (inline)").to_owned();
+            Some((name, pct(f.get(1)?)?, pct(f.get(4)?)?))
         })
         .collect();
     Ok(rows)
 }
 
 /// Case 3: a Go program with a known split, against its own runtime/pprof.
-fn accuracy(env: &Env, md: &mut String) -> Result<()> {
+fn accuracy(env: &Env, secs: u64, md: &mut String) -> Result<()> {
     eprintln!("bench: accuracy against Go's own profile");
     let exe = env.out.join("goinline");
     sh(env
@@ -398,7 +401,7 @@ fn accuracy(env: &Env, md: &mut String) -> Result<()> {
         .current_dir(env.root.join("tests/fixtures/goinline")))?;
     let go_prof = env.out.join("go-own.pb.gz");
     let mut child = Command::new(&exe)
-        .args(["-seconds", "12", "-cpuprofile"])
+        .args(["-seconds", &(secs + 2).to_string(), "-cpuprofile"])
         .arg(&go_prof)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -2,9 +2,13 @@
 
 use super::Frame;
 
-/// The running kernel's text symbols, sorted by address.
+/// The running kernel's text symbols, sorted by address. Names live in one
+/// string: a kernel has ~200k symbols, and a `String` each would cost
+/// several megabytes of headers and allocator slack.
 pub struct Kallsyms {
-    syms: Vec<(u64, String)>,
+    /// (address, start of the name in `names`, its length).
+    syms: Vec<(u64, u32, u32)>,
+    names: String,
 }
 
 impl Kallsyms {
@@ -19,7 +23,8 @@ impl Kallsyms {
     /// Parses kallsyms text: `ffffffff81000000 T _stext [module]`. Only text
     /// symbols (t/T/w/W) are kept: samples only land in code.
     pub fn parse(text: &str) -> Kallsyms {
-        let mut syms: Vec<(u64, String)> = text
+        let mut names = String::new();
+        let mut syms: Vec<(u64, u32, u32)> = text
             .lines()
             .filter_map(|l| {
                 let mut it = l.split_whitespace();
@@ -29,11 +34,14 @@ impl Kallsyms {
                 if addr == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
                     return None;
                 }
-                Some((addr, name.to_owned()))
+                let start = u32::try_from(names.len()).ok()?;
+                names.push_str(name);
+                Some((addr, start, u32::try_from(name.len()).ok()?))
             })
             .collect();
         syms.sort_unstable_by_key(|s| s.0);
-        Kallsyms { syms }
+        names.shrink_to_fit();
+        Kallsyms { syms, names }
     }
 
     /// The lowest and highest symbol addresses, for the kernel mapping.
@@ -44,9 +52,10 @@ impl Kallsyms {
     /// The function containing `addr`.
     pub fn lookup(&self, addr: u64) -> Option<Frame> {
         let i = self.syms.partition_point(|s| s.0 <= addr).checked_sub(1)?;
-        let (_, name) = &self.syms[i];
+        let (_, start, len) = self.syms[i];
+        let name = self.names.get(start as usize..(start + len) as usize)?;
         Some(Frame {
-            function: name.clone(),
+            function: name.to_owned(),
             file: String::new(),
             line: 0,
             start_line: 0,
@@ -99,7 +108,16 @@ mod tests {
     #[test]
     fn live_kallsyms_has_scheduler() {
         let k = Kallsyms::load().expect("/proc/kallsyms readable as root");
-        assert!(k.syms.iter().any(|(_, n)| n == "schedule"));
+        let schedule = k
+            .syms
+            .iter()
+            .find(|s| &k.names[s.1 as usize..(s.1 + s.2) as usize] == "schedule");
+        assert_eq!(
+            k.lookup(schedule.expect("schedule is a kernel symbol").0)
+                .unwrap()
+                .function,
+            "schedule"
+        );
         assert!(build_id().is_some_and(|id| id.len() >= 16));
     }
 }

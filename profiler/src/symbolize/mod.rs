@@ -31,6 +31,18 @@ use std::sync::Arc;
 
 use crate::process::Binary;
 
+impl From<go::GoFrame> for Frame {
+    fn from(f: go::GoFrame) -> Frame {
+        Frame {
+            function: f.function,
+            file: f.file,
+            line: f.line,
+            start_line: f.start_line,
+            inlined: f.inlined,
+        }
+    }
+}
+
 /// Frames for one looked-up address; empty when nothing is known.
 pub type Frames = Vec<Frame>;
 
@@ -77,6 +89,8 @@ impl SymbolFile {
 pub struct Symbolizer {
     elf: elf::ElfSymbolizer,
     kernel: Option<kernel::Kallsyms>,
+    /// Go tables by file; `None` for files that are not Go binaries.
+    go: HashMap<PathBuf, Option<go::GoTable>>,
     cache: HashMap<(PathBuf, u64), Frames>,
 }
 
@@ -99,6 +113,7 @@ impl Symbolizer {
         Symbolizer {
             elf,
             kernel,
+            go: HashMap::new(),
             cache: HashMap::new(),
         }
     }
@@ -114,9 +129,29 @@ impl Symbolizer {
             .filter(|a| !self.cache.contains_key(&(file.path.clone(), *a)))
             .collect();
         if !todo.is_empty() {
-            let found = self.elf.symbolize(&file.path, &todo);
-            for (a, frames) in todo.into_iter().zip(found) {
-                self.cache.insert((file.path.clone(), a), frames);
+            // Go text goes to the .gopclntab reader, which names stripped
+            // binaries too; everything else (and the C of cgo binaries) to
+            // the ELF/DWARF symbolizer.
+            let table = self
+                .go
+                .entry(file.path.clone())
+                .or_insert_with(|| go::GoTable::parse_mapped(file.data.clone()).ok().flatten());
+            let mut rest = Vec::with_capacity(todo.len());
+            for a in todo {
+                match table.as_ref().filter(|t| t.contains(a)) {
+                    Some(t) => {
+                        let frames = t.lookup(a).unwrap_or_default();
+                        let frames = frames.into_iter().map(Frame::from).collect();
+                        self.cache.insert((file.path.clone(), a), frames);
+                    }
+                    None => rest.push(a),
+                }
+            }
+            if !rest.is_empty() {
+                let found = self.elf.symbolize(&file.path, &rest);
+                for (a, frames) in rest.into_iter().zip(found) {
+                    self.cache.insert((file.path.clone(), a), frames);
+                }
             }
         }
         vaddrs
