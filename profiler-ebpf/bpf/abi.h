@@ -116,6 +116,6 @@ _Static_assert(sizeof(struct rprof_proc_map) == 32, "rprof_proc_map must stay 32
 #define RPROF_MAP_DROPS   "drops"
 #define RPROF_MAP_UNWIND_ROWS "unwind_rows"
 #define RPROF_MAP_PROCS       "unwind_procs"
-/* .rodata globals the loader sets: filter_pids, capture_kernel, wakeup_bytes, dwarf_unwind, fp_fallback. */
+/* .rodata globals the loader sets: filter_pids, self_tgid, capture_kernel, wakeup_bytes, dwarf_unwind, fp_fallback. */
 
 #endif /* RPROF_ABI_H */

@@ -7,32 +7,37 @@
  * one struct rprof_sample into the ring buffer with the user stack (frame
  * pointers, via bpf_get_stack) and optionally the kernel stack.
  *
- * It needs no kernel type definitions beyond the uapi headers: everything
- * comes from helpers, so the object loads on any 5.8+ kernel unchanged.
+ * It needs no kernel type definitions beyond the uapi headers (no CO-RE
+ * relocations), so the object loads unchanged on any x86-64 kernel with
+ * bpf_loop and bpf_task_pt_regs: Linux 5.17 or later.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
 #include <bpf/bpf_helpers.h>
-#include <bpf/bpf_core_read.h>
 
 #include "abi.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 /*
- * The one kernel type we read, reduced to the one field we need. CO-RE
- * relocates the offset of `sp` against the running kernel's BTF; the
- * ___rprof suffix keeps it apart from the uapi struct pt_regs.
+ * The task's saved user registers. On x86-64 the kernel's struct pt_regs
+ * has the layout of the uapi one (asm/ptrace.h), which is ABI, so no CO-RE
+ * relocation is needed, and the loader need not parse the kernel's BTF
+ * (several megabytes of memory) at all.
  */
-struct pt_regs___rprof {
-	unsigned long ip;
-	unsigned long sp;
-	unsigned long bp;
-} __attribute__((preserve_access_index));
+static __always_inline void user_regs(__u64 *ip, __u64 *sp, __u64 *bp)
+{
+	struct pt_regs *r = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	bpf_probe_read_kernel(ip, sizeof(*ip), &r->rip);
+	bpf_probe_read_kernel(sp, sizeof(*sp), &r->rsp);
+	bpf_probe_read_kernel(bp, sizeof(*bp), &r->rbp);
+}
 
 /* Set by the loader before load (EbpfLoader::override_global). */
 const volatile __u8 filter_pids = 0;    /* 1: only tgids in `targets` */
+const volatile __u32 self_tgid = 0;     /* the profiler itself: never sampled */
 const volatile __u8 capture_kernel = 1; /* 0: --user-only */
 /*
  * Wake the reader only once this many bytes are waiting. Below it, records
@@ -247,13 +252,8 @@ static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid)
 	if (!dwarf_unwind || !bpf_map_lookup_elem(&unwind_procs, &tgid))
 		return -1;
 
-	struct pt_regs___rprof *uregs = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	struct unwind_state st = {
-		.ip = BPF_CORE_READ(uregs, ip),
-		.sp = BPF_CORE_READ(uregs, sp),
-		.bp = BPF_CORE_READ(uregs, bp),
-		.pid = tgid,
-	};
+	struct unwind_state st = { .pid = tgid };
+	user_regs(&st.ip, &st.sp, &st.bp);
 	/* Kernel threads have no user registers worth reading. */
 	if (!st.ip)
 		return 0;
@@ -286,8 +286,9 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 	__u32 tgid = id >> 32;
 	__u32 tid = (__u32)id;
 
-	/* The idle task: nothing of the user's is running. */
-	if (tgid == 0)
+	/* The idle task, where nothing of the user's runs; and ourselves, whose
+	 * own symbolization would otherwise dominate what we measure. */
+	if (tgid == 0 || tgid == self_tgid)
 		return 0;
 	if (filter_pids && !bpf_map_lookup_elem(&targets, &tgid))
 		return 0;
@@ -328,9 +329,8 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 	 * from a frameless libc wrapper). Kernel threads have no user stack.
 	 */
 	if (n > 0 && !(s->flags & RPROF_FLAG_DWARF_UNWOUND)) {
-		struct pt_regs___rprof *uregs =
-			(void *)bpf_task_pt_regs(bpf_get_current_task_btf());
-		unsigned long sp = BPF_CORE_READ(uregs, sp);
+		__u64 ip, sp, bp;
+		user_regs(&ip, &sp, &bp);
 		if (bpf_probe_read_user(&s->user_sp_word, sizeof(s->user_sp_word), (void *)sp) < 0)
 			s->user_sp_word = 0;
 	}

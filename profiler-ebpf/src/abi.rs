@@ -99,6 +99,8 @@ pub const MAP_TARGETS: &str = "targets";
 pub const MAP_DROPS: &str = "drops";
 /// `.rodata` global: 1 to sample only tgids in [`MAP_TARGETS`].
 pub const GLOBAL_FILTER_PIDS: &str = "filter_pids";
+/// `.rodata` global (u32): the profiler's own tgid, never sampled.
+pub const GLOBAL_SELF_TGID: &str = "self_tgid";
 /// `.rodata` global: 0 to skip kernel stacks.
 pub const GLOBAL_CAPTURE_KERNEL: &str = "capture_kernel";
 /// `.rodata` global (u64): wake the reader once this many bytes wait.

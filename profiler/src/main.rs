@@ -64,9 +64,10 @@ struct RecordArgs {
     /// Rows in the kernel's unwind table (16 bytes each).
     #[arg(long, default_value_t = profiler_ebpf::abi::MAX_UNWIND_ROWS, value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
     unwind_rows: u32,
-    /// Ring buffer size in KiB (a power of two, at least 4).
-    #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
-    ring_size: u32,
+    /// Ring buffer size in KiB (a power of two, at least 4). Default: half
+    /// a second of samples at the chosen frequency on every CPU.
+    #[arg(long, value_parser = parse_ring_kib)]
+    ring_size: Option<u32>,
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
@@ -118,7 +119,9 @@ fn record_main(a: RecordArgs) -> ExitCode {
         no_symbolize: a.no_symbolize,
         output: a.output,
         quiet: a.quiet,
-        ring_bytes: a.ring_size * 1024,
+        ring_bytes: a
+            .ring_size
+            .map_or_else(|| record::default_ring_bytes(a.frequency), |kib| kib * 1024),
         unwind: a.unwind,
         unwind_rows: a.unwind_rows,
         command: std::env::args().collect::<Vec<_>>().join(" "),

@@ -223,6 +223,19 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
     })
 }
 
+/// The ring buffer size that holds half a second of samples from every CPU
+/// at `frequency`: the reader drains it every 200 ms and is woken at a
+/// quarter full, so that leaves room for a busy moment without mapping
+/// megabytes nobody uses. A power of two between 256 KiB and 64 MiB.
+pub fn default_ring_bytes(frequency: u64) -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let record = std::mem::size_of::<profiler_ebpf::abi::Sample>() as u64 + 8;
+    let want = cpus * frequency.max(1) * record / 2;
+    want.clamp(256 << 10, 64 << 20)
+        .next_power_of_two()
+        .min(64 << 20) as u32
+}
+
 /// Gives a process its unwind tables; a failure only costs that process
 /// its table-driven stacks, so it is reported, not fatal.
 fn load_tables(u: &mut Unwinder, procs: &ProcessTable, pid: u32) {

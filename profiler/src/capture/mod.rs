@@ -160,7 +160,11 @@ impl Capture {
             (1, 1)
         };
         let mut bpf = EbpfLoader::new()
+            // The program has no CO-RE relocations: skip parsing the
+            // kernel's BTF, which would cost several megabytes of memory.
+            .btf(None)
             .override_global(abi::GLOBAL_FILTER_PIDS, &filter, true)
+            .override_global(abi::GLOBAL_SELF_TGID, &std::process::id(), true)
             .override_global(abi::GLOBAL_CAPTURE_KERNEL, &kernel, true)
             .override_global(abi::GLOBAL_WAKEUP_BYTES, &wakeup, true)
             .override_global(abi::GLOBAL_DWARF_UNWIND, &dwarf, true)

@@ -15,18 +15,26 @@ impl Kallsyms {
     /// Reads `/proc/kallsyms`. Addresses are zero when we lack
     /// CAP_SYSLOG/root (kptr_restrict); then there is nothing to resolve with.
     pub fn load() -> Option<Kallsyms> {
-        let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-        let k = Kallsyms::parse(&text);
+        // Streamed line by line: the file is ~10 MB of text, which need not
+        // all be in memory at once.
+        let f = std::fs::File::open("/proc/kallsyms").ok()?;
+        let k = Kallsyms::from_lines(
+            std::io::BufRead::lines(std::io::BufReader::new(f)).map_while(Result::ok),
+        );
         (!k.syms.is_empty()).then_some(k)
     }
 
     /// Parses kallsyms text: `ffffffff81000000 T _stext [module]`. Only text
     /// symbols (t/T/w/W) are kept: samples only land in code.
     pub fn parse(text: &str) -> Kallsyms {
+        Kallsyms::from_lines(text.lines())
+    }
+
+    fn from_lines<S: AsRef<str>>(lines: impl Iterator<Item = S>) -> Kallsyms {
         let mut names = String::new();
-        let mut syms: Vec<(u64, u32, u32)> = text
-            .lines()
+        let mut syms: Vec<(u64, u32, u32)> = lines
             .filter_map(|l| {
+                let l = l.as_ref();
                 let mut it = l.split_whitespace();
                 let addr = u64::from_str_radix(it.next()?, 16).ok()?;
                 let kind = it.next()?;
