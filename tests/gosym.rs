@@ -113,6 +113,8 @@ fn run_build(b: &Build, dir: &Path) -> (Profile, Profile) {
         &t.pid().to_string(),
         "-F",
         HZ,
+        // Go's own profile sees only user code: compare like with like.
+        "--user-only",
         "--seconds",
         "5",
         "-q",
