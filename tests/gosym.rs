@@ -42,13 +42,22 @@ fn builds() -> Option<Vec<Build>> {
     ])
 }
 
-/// Flat share (percent) by innermost function, inlined frames included.
+/// Flat share (percent) by innermost function, inlined frames included, of
+/// the program's own work: the samples under `main.main`. The rest are the
+/// runtime's threads and, in our profile only, Go's own profiler at work
+/// (its signal handler), which a profiler inside the process cannot sample.
 fn flat(p: &Profile) -> BTreeMap<String, f64> {
+    let own: Vec<(Vec<String>, i64)> = p
+        .sample
+        .iter()
+        .map(|s| (stack_names(p, s), s.value[0]))
+        .filter(|(names, _)| names.iter().any(|n| n == "main.main"))
+        .collect();
+    let t = own.iter().map(|(_, v)| v).sum::<i64>().max(1) as f64;
     let mut m = BTreeMap::new();
-    let t = total(p, 0).max(1) as f64;
-    for s in &p.sample {
-        if let Some(leaf) = stack_names(p, s).first() {
-            *m.entry(leaf.clone()).or_insert(0.0) += 100.0 * s.value[0] as f64 / t;
+    for (names, v) in own {
+        if let Some(leaf) = names.first() {
+            *m.entry(leaf.clone()).or_insert(0.0) += 100.0 * v as f64 / t;
         }
     }
     m
