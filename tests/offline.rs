@@ -347,3 +347,56 @@ fn bad_input_files_are_named() {
     assert!(e.contains("junk.pb.gz") && !e.contains("panicked"), "{e}");
     assert!(!dir.path().join("o.pb.gz").exists());
 }
+
+#[test]
+fn stripped_go_binary_symbolized_from_a_copy_matches_live() {
+    let Some(go) = go127() else { return };
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("goinline");
+    build_go(&go, "goinline", &exe, &["-ldflags=-s -w"]);
+    let mut cmd = Command::new(&exe);
+    cmd.args(["-seconds", "6", "-ready"]);
+    let t = Target::start(cmd);
+    let pid = t.pid().to_string();
+    let live = dir.path().join("live.pb.gz");
+    let raw = dir.path().join("raw.pb.gz");
+    for (out, extra) in [(&live, None), (&raw, Some("--no-symbolize"))] {
+        let mut a = vec![
+            "--pid",
+            &pid,
+            "--seconds",
+            "2",
+            "-q",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        assert_ok(&record(&a));
+    }
+    drop(t);
+    // The build directory is gone; a copy under another name is all there is.
+    let store = dir.path().join("artifacts");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::rename(&exe, store.join("service-v1")).unwrap();
+    let sym = dir.path().join("sym.pb.gz");
+    let o = symbolize(&[
+        raw.to_str().unwrap(),
+        "-o",
+        sym.to_str().unwrap(),
+        "--binary",
+        store.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("service-v1"));
+    let (live, sym) = (load(&live), load(&sym));
+    let a = lines_by_offset(&live, "/goinline");
+    let b = lines_by_offset(&sym, "/goinline");
+    let common: Vec<&u64> = a.keys().filter(|k| b.contains_key(k)).collect();
+    assert!(common.len() >= 3, "{} common locations", common.len());
+    for k in common {
+        assert_eq!(a[k], b[k], "offset {k:#x}");
+    }
+    // Named with inline chains, from .gopclntab alone.
+    assert!(b.values().any(|l| l.len() >= 2 && l[0].0 == "main.mix"));
+    assert!(flat_share(&sym, "main.mix") > 0.5);
+}

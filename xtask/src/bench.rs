@@ -179,6 +179,7 @@ pub fn run(args: &[String]) -> Result<()> {
     per_sample(&env, &spin, rounds, if quick { 5 } else { 10 }, &mut md)?;
     accuracy(&env, if quick { 10 } else { 30 }, &mut md)?;
     symbolization(&env, quick, &mut md)?;
+    unwinding(&env, &mut md)?;
     if !quick {
         go_table(&env, &mut md)?;
     }
@@ -563,6 +564,89 @@ fn symbolization(env: &Env, quick: bool, md: &mut String) -> Result<()> {
             &[dir],
             md,
         )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// Case 6: the `.eh_frame` unwinder against frame pointers, on binaries
+/// built without them.
+fn unwinding(env: &Env, md: &mut String) -> Result<()> {
+    eprintln!("bench: unwinding");
+    let qsort = env.out.join("qsort");
+    sh(Command::new("gcc")
+        .args(["-O2", "-g", "-fomit-frame-pointer"])
+        .arg(env.root.join("tests/fixtures/c/qsort.c"))
+        .arg("-o")
+        .arg(&qsort))?;
+    let target = env.root.join("target/fixtures-rust");
+    sh(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--offline", "-q", "--manifest-path"])
+            .arg(env.root.join("tests/fixtures/rustspin/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target),
+    )?;
+    let rust = target.join("release/rustspin");
+    writeln!(md, "## 6. Unwinding without frame pointers\n")?;
+    writeln!(md, "5 s per run at 100 Hz on one process. Root reached: the outermost frame is `_start`. BPF per run averages over both CPUs' runs: the idle CPU's runs exit at once, so the cost of a sample is about twice the figure.\n")?;
+    writeln!(md, "| fixture | unwinding | root reached | median stack depth | BPF per run | tables |\n| --- | --- | --- | --- | --- | --- |")?;
+    for (name, exe) in [
+        (
+            "C, -O2 -fomit-frame-pointer, hot in a qsort callback",
+            &qsort,
+        ),
+        ("Rust release, no frame pointers", &rust),
+    ] {
+        for mode in ["fp", "auto"] {
+            let mut child = Command::new(exe).arg("20").stdout(Stdio::null()).spawn()?;
+            std::thread::sleep(Duration::from_millis(300));
+            let out = env.out.join("unwind.pb.gz");
+            let (_, err) = measure(
+                env.rprof()
+                    .args([
+                        "--pid",
+                        &child.id().to_string(),
+                        "--unwind",
+                        mode,
+                        "--seconds",
+                        "5",
+                        "-o",
+                    ])
+                    .arg(&out),
+            )?;
+            let _ = child.kill();
+            let _ = child.wait();
+            let folded = env
+                .rprof()
+                .args(["report", "--collapsed"])
+                .arg(&out)
+                .output()?;
+            let text = String::from_utf8_lossy(&folded.stdout).into_owned();
+            let (mut rooted, mut all, mut depths) = (0.0, 0.0, vec![]);
+            for l in text.lines() {
+                let Some((stack, v)) = l.rsplit_once(' ') else {
+                    continue;
+                };
+                let v: f64 = v.parse().unwrap_or(0.0);
+                all += v;
+                if stack.starts_with("_start;") {
+                    rooted += v;
+                }
+                depths.push(stack.split(';').count() as f64);
+            }
+            let tables = err
+                .lines()
+                .find(|l| l.starts_with("unwind tables:"))
+                .map(|l| l.trim_start_matches("unwind tables: ").to_owned())
+                .unwrap_or_else(|| "-".into());
+            writeln!(
+                md,
+                "| {name} | {mode} | {:.1}% | {:.0} | {:.2} µs | {tables} |",
+                100.0 * rooted / all.max(1.0),
+                median(depths),
+                bpf_cost_us(&err).unwrap_or(f64::NAN)
+            )?;
+        }
     }
     writeln!(md)?;
     Ok(())
