@@ -810,7 +810,16 @@ fn push_to_pyroscope_ingest_with_retries() {
             f.query
         );
     }
-    let m = agent.metrics(&[]);
+    // The agent counts a push once it has read the receiver's answer, which
+    // can be just after the receiver recorded the request: poll briefly.
+    let mut m = agent.metrics(&[]);
+    for _ in 0..50 {
+        if m["rprof_agent_push_success_total"] >= 2.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        m = agent.metrics(&[]);
+    }
     assert!(m["rprof_agent_push_retries_total"] >= 2.0);
     assert!(m["rprof_agent_push_success_total"] >= 2.0);
     assert_eq!(m["rprof_agent_push_failures_total"], 0.0);

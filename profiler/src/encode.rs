@@ -112,19 +112,7 @@ pub fn build(
     // Kernel mapping, only if some sample has kernel frames.
     let has_kernel = agg.stacks().any(|(k, _)| !k.kernel.is_empty());
     let kernel_mapping = if has_kernel {
-        let (start, limit) = symbolizer
-            .as_deref()
-            .and_then(Symbolizer::kernel_range)
-            .unwrap_or((0, u64::MAX));
-        let build_id = crate::symbolize::kernel::build_id().unwrap_or_default();
-        let m = Mapping {
-            memory_start: start,
-            memory_limit: limit,
-            filename: b.intern(KERNEL_MAPPING),
-            build_id: b.intern(&build_id),
-            ..Mapping::default()
-        };
-        b.add_mapping(m)
+        add_kernel_mapping(&mut b, symbolizer.as_deref())
     } else {
         0
     };
@@ -217,6 +205,23 @@ pub fn build(
         }
     }
     b.finish()
+}
+
+/// Adds the `[kernel.kallsyms]` mapping: the kernel text's range when the
+/// symbolizer knows it, and the running kernel's build ID. Returns its id.
+pub(crate) fn add_kernel_mapping(b: &mut ProfileBuilder, symbolizer: Option<&Symbolizer>) -> u64 {
+    let (start, limit) = symbolizer
+        .and_then(Symbolizer::kernel_range)
+        .unwrap_or((0, u64::MAX));
+    let build_id = crate::symbolize::kernel::build_id().unwrap_or_default();
+    let m = Mapping {
+        memory_start: start,
+        memory_limit: limit,
+        filename: b.intern(KERNEL_MAPPING),
+        build_id: b.intern(&build_id),
+        ..Mapping::default()
+    };
+    b.add_mapping(m)
 }
 
 /// The header: sample types, period, time, comments.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::resolve::{MappingInfo, ResolvedLoc};
 use super::window::{ProcId, ProcMeta};
 use crate::capture::Event;
-use crate::encode::{self, MappingFlags, Meta, KERNEL_MAPPING};
+use crate::encode::{self, MappingFlags, Meta};
 use crate::pprof::{Mapping, Profile, ProfileBuilder};
 use crate::symbolize::Symbolizer;
 
@@ -82,18 +82,7 @@ pub fn build(
     }
 
     let kernel_mapping = if stacks.iter().any(|s| !s.kernel.is_empty()) {
-        let (start, limit) = kernel
-            .and_then(Symbolizer::kernel_range)
-            .unwrap_or((0, u64::MAX));
-        let build_id = crate::symbolize::kernel::build_id().unwrap_or_default();
-        let m = Mapping {
-            memory_start: start,
-            memory_limit: limit,
-            filename: b.intern(KERNEL_MAPPING),
-            build_id: b.intern(&build_id),
-            ..Mapping::default()
-        };
-        b.add_mapping(m)
+        encode::add_kernel_mapping(&mut b, kernel)
     } else {
         0
     };
