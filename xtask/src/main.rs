@@ -75,17 +75,40 @@ fn test() -> Result<()> {
         ],
         &["test", "--workspace", "--", "--test-threads=1"],
     ];
+    let (mut passed, mut failed) = (0u64, 0u64);
     for step in steps {
         println!("xtask: cargo {}", step.join(" "));
-        let status = Command::new(&cargo)
+        let mut child = Command::new(&cargo)
             .args(step)
             .current_dir(&root)
             .env("PATH", &path)
-            .status()
+            .stdout(std::process::Stdio::piped())
+            .spawn()
             .context("running cargo")?;
+        // Pass the output through, counting test results on the way.
+        if let Some(out) = child.stdout.take() {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok)
+            {
+                println!("{line}");
+                if let Some(rest) = line.strip_prefix("test result: ") {
+                    let count = |word: &str| -> u64 {
+                        rest.split(';')
+                            .find_map(|part| part.trim().strip_suffix(word))
+                            .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                            .unwrap_or(0)
+                    };
+                    passed += count(" passed");
+                    failed += count(" failed");
+                }
+            }
+        }
+        let status = child.wait().context("waiting for cargo")?;
         if !status.success() {
+            println!("{passed} passed, {failed} failed");
             bail!("cargo {} failed", step.join(" "));
         }
     }
+    // One closing line for whoever reads the log last.
+    println!("{passed} passed, {failed} failed");
     Ok(())
 }
