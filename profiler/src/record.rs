@@ -75,7 +75,7 @@ pub fn run(opts: &RecordOptions) -> Result<Summary, RecordError> {
     preflight::check_privileges()?;
     preflight::check_kernel()?;
     preflight::check_pids(&opts.pids)?;
-    raise_fd_limit();
+    crate::process::raise_fd_limit();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -290,23 +290,6 @@ fn write_output(profile: &pprof::Profile, path: &std::path::Path) -> Result<usiz
     };
     pprof::write_file_atomic(path, &bytes).map_err(|e| runtime(e.to_string()))?;
     Ok(bytes.len())
-}
-
-/// Every binary of every profiled process stays open until symbolization:
-/// a system-wide capture on a busy node can need more descriptors than the
-/// usual soft limit of 1024, so take the hard limit.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 /// A bar of elapsed over total time with the sample count, on stderr.

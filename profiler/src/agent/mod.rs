@@ -340,7 +340,7 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
-    raise_fd_limit();
+    crate::process::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
@@ -730,22 +730,6 @@ fn window_job(shared: &Shared, sym: &mut Sym, t0: u64, t1: u64, lost: u64) {
 
 /// How long a stopping agent keeps pushing queued profiles.
 const SHUTDOWN_PUSH_GRACE: Duration = Duration::from_secs(5);
-
-/// A node agent holds every mapped binary of every sampled process open;
-/// busy nodes need more descriptors than the usual soft limit of 1024.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -58,7 +58,7 @@ pub enum Unwind {
 /// Why a capture could not start. Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("loading the BPF program failed: {0}\nhint: the kernel needs BPF, BTF and ring buffers (Linux 5.8+), and we need CAP_BPF and CAP_PERFMON (or root)")]
+    #[error("loading the BPF program failed: {0}\nhint: the kernel needs BPF, BTF, ring buffers and bpf_loop (Linux 5.17+), and we need CAP_BPF and CAP_PERFMON (or root)")]
     Load(String),
     #[error("attaching the {event} event on CPU {cpu} failed: {reason}\nhint: check /proc/sys/kernel/perf_event_paranoid and that we have CAP_PERFMON (or root)")]
     Attach {

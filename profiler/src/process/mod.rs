@@ -269,6 +269,24 @@ impl ProcessTable {
     }
 }
 
+/// Every binary of every profiled process stays open until symbolization
+/// (so that exited and deleted binaries can still be named): a system-wide
+/// capture or the node agent can need more descriptors than the usual soft
+/// limit of 1024, so take the hard limit.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// `/proc/PID/comm` without its newline.
 pub fn read_comm(pid: u32) -> Option<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
