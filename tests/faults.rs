@@ -17,21 +17,6 @@ fn spin(dir: &Path) -> std::path::PathBuf {
     exe
 }
 
-fn capture_pid(pid: u32, seconds: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let pid = pid.to_string();
-    let mut a = vec![
-        "--pid",
-        &pid,
-        "--seconds",
-        seconds,
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    a.extend_from_slice(extra);
-    record(&a)
-}
-
 #[test]
 fn exec_mid_capture_names_both_images() {
     let _lock = capture_lock();
@@ -47,7 +32,7 @@ fn exec_mid_capture_names_both_images() {
     cmd.arg("1").arg(&spin).arg("2");
     let t = Target::start(cmd);
     let out = dir.path().join("exec.pb.gz");
-    let o = capture_pid(t.pid(), "3", &out, &[]);
+    let o = record_pid(t.pid(), "3", &out, &[]);
     assert_ok(&o);
     let p = load(&out);
     let before = cum_share(&p, "before_exec");
@@ -75,7 +60,7 @@ fn deleted_binary_is_still_named() {
     let t = Target::start(cmd);
     std::fs::remove_file(&exe).unwrap();
     let out = dir.path().join("deleted.pb.gz");
-    assert_ok(&capture_pid(t.pid(), "1", &out, &[]));
+    assert_ok(&record_pid(t.pid(), "1", &out, &[]));
     let p = load(&out);
     assert!(
         flat_share(&p, "hot_inner") > 0.9,
@@ -106,7 +91,7 @@ fn other_mount_namespace_is_named() {
         "the host cannot see the binary"
     );
     let out = dir.path().join("ns.pb.gz");
-    assert_ok(&capture_pid(t.pid(), "1", &out, &[]));
+    assert_ok(&record_pid(t.pid(), "1", &out, &[]));
     let p = load(&out);
     assert!(
         flat_share(&p, "hot_inner") > 0.9,
@@ -123,16 +108,8 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     let _lock = capture_lock();
     let dir = tempfile::tempdir().unwrap();
     let exe = spin(dir.path());
-    let _a = Target::start({
-        let mut c = Command::new(&exe);
-        c.arg("5");
-        c
-    });
-    let _b = Target::start({
-        let mut c = Command::new(&exe);
-        c.arg("5");
-        c
-    });
+    let _a = Target::spawn(&exe, &["5"]);
+    let _b = Target::spawn(&exe, &["5"]);
     let out = dir.path().join("overflow.pb.gz");
     // A 4 KiB ring holds one record; 10 kHz on every CPU overflows it.
     let o = record(&[
@@ -165,11 +142,7 @@ fn full_filesystem_gives_clear_error_and_leaves_nothing_behind() {
     let _lock = capture_lock();
     let dir = tempfile::tempdir().unwrap();
     let exe = spin(dir.path());
-    let t = Target::start({
-        let mut c = Command::new(&exe);
-        c.arg("4");
-        c
-    });
+    let t = Target::spawn(&exe, &["4"]);
     let tiny = dir.path().join("tiny");
     std::fs::create_dir(&tiny).unwrap();
     assert!(Command::new("mount")
@@ -180,7 +153,7 @@ fn full_filesystem_gives_clear_error_and_leaves_nothing_behind() {
         .success());
     let _ = std::fs::write(tiny.join("filler"), vec![0u8; 64 * 1024]);
     let out = tiny.join("cpu.svg");
-    let o = capture_pid(t.pid(), "1", &out, &[]);
+    let o = record_pid(t.pid(), "1", &out, &[]);
     let listing: Vec<String> = std::fs::read_dir(&tiny)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -203,11 +176,7 @@ fn two_captures_at_once_both_complete() {
     let _lock = capture_lock();
     let dir = tempfile::tempdir().unwrap();
     let exe = spin(dir.path());
-    let t = Target::start({
-        let mut c = Command::new(&exe);
-        c.arg("5");
-        c
-    });
+    let t = Target::spawn(&exe, &["5"]);
     let outs: Vec<_> = (0..2)
         .map(|i| dir.path().join(format!("c{i}.pb.gz")))
         .collect();
@@ -250,11 +219,7 @@ fn signals_at_any_moment_never_leave_a_corrupt_file() {
     let _lock = capture_lock();
     let dir = tempfile::tempdir().unwrap();
     let exe = spin(dir.path());
-    let t = Target::start({
-        let mut c = Command::new(&exe);
-        c.arg("30");
-        c
-    });
+    let t = Target::spawn(&exe, &["30"]);
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for round in 0..8 {
         x ^= x << 13;

@@ -55,21 +55,8 @@ fn gnu_build_id(path: &Path) -> String {
 }
 
 fn run_and_capture(exe: &Path, arg: &str, seconds: &str, out: &Path, extra: &[&str]) {
-    let mut cmd = Command::new(exe);
-    cmd.arg(arg);
-    let t = Target::start(cmd);
-    let pid = t.pid().to_string();
-    let mut args = vec![
-        "--pid",
-        &pid,
-        "--seconds",
-        seconds,
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    assert_ok(&record(&args));
+    let t = Target::spawn(exe, &[arg]);
+    assert_ok(&record_pid(t.pid(), seconds, out, extra));
 }
 
 #[test]

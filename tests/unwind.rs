@@ -51,22 +51,8 @@ fn chain_share(p: &Profile, chain: &[&str]) -> f64 {
 }
 
 fn profile(exe: &Path, args: &[&str], seconds: &str, extra: &[&str], out: &Path) -> Profile {
-    let mut cmd = Command::new(exe);
-    cmd.args(args);
-    let t = Target::start(cmd);
-    let pid = t.pid().to_string();
-    let mut a = vec![
-        "--pid",
-        &pid,
-        "--seconds",
-        seconds,
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    a.extend_from_slice(extra);
-    let o = record(&a);
-    assert_ok(&o);
+    let t = Target::spawn(exe, args);
+    assert_ok(&record_pid(t.pid(), seconds, out, extra));
     load(out)
 }
 

@@ -133,6 +133,13 @@ impl Target {
         }
     }
 
+    /// Starts `exe ARGS...` and waits for its "ready".
+    pub fn spawn(exe: &Path, args: &[&str]) -> Target {
+        let mut cmd = Command::new(exe);
+        cmd.args(args);
+        Target::start(cmd)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -153,6 +160,16 @@ impl Drop for Target {
 /// Runs the profiler to completion.
 pub fn record(args: &[&str]) -> Output {
     rprof().args(args).output().expect("running rprof-bpf")
+}
+
+/// Profiles one process for `seconds` into `out` (quietly), with `extra`
+/// flags; the caller checks the outcome.
+pub fn record_pid(pid: u32, seconds: &str, out: &Path, extra: &[&str]) -> Output {
+    let pid = pid.to_string();
+    let mut args = vec!["--pid", &pid, "--seconds", seconds, "-q", "-o"];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(extra);
+    record(&args)
 }
 
 /// Asserts success and prints stderr on failure.
