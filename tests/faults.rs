@@ -271,3 +271,96 @@ fn signals_at_any_moment_never_leave_a_corrupt_file() {
         assert_eq!(stray, 0, "round {round}: no temp files left");
     }
 }
+
+/// Starts `exe ARGS` with the next pid the kernel hands out forced to
+/// `pid` (through `ns_last_pid`); `None` if another process took it first.
+fn spawn_with_pid(exe: &Path, args: &[&str], pid: u32) -> Option<Target> {
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+    let t = Target::spawn(exe, args);
+    (t.pid() == pid).then_some(t)
+}
+
+/// A pid dies and a new process gets the same pid during one system-wide
+/// capture: the two must come out as two processes, each named from its
+/// own binary, never merged. Both binaries are non-PIE and built from the
+/// same source (with renamed functions), so their code sits at the same
+/// addresses: reading one's samples with the other's mappings would name
+/// every frame wrongly.
+#[test]
+fn reused_pid_is_never_merged() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("reuse_first");
+    let second = dir.path().join("reuse_second");
+    let flags = ["-O2", "-g", "-fno-omit-frame-pointer", "-no-pie"];
+    build_c("spin.c", &first, &flags);
+    let renamed = [
+        "-Dhot_inner=second_hot_inner",
+        "-Dcompute=second_compute",
+        "-Dwork=second_work",
+    ];
+    build_c("spin.c", &second, &[&flags[..], &renamed[..]].concat());
+
+    let out = dir.path().join("reuse.pb.gz");
+    let mut capture = rprof()
+        .args(["--seconds", "8", "--user-only", "-q", "-o"])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The capture is attached once it says it is profiling.
+    let mut err = std::io::BufReader::new(capture.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Profiling") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
+            "capture ended early"
+        );
+    }
+
+    let mut reused = None;
+    for _ in 0..5 {
+        let mut a = Target::spawn(&first, &["2"]);
+        let pid = a.pid();
+        a.wait();
+        if let Some(mut b) = spawn_with_pid(&second, &["2"], pid) {
+            b.wait();
+            reused = Some(pid);
+            break;
+        }
+    }
+    let pid = reused.expect("could not get the same pid twice in 5 tries");
+    let status = capture.wait().unwrap();
+    assert!(status.success(), "capture failed: {status}");
+
+    let p = load(&out);
+    let (mut first_n, mut second_n) = (0, 0);
+    for s in &p.sample {
+        if num_label(&p, s, "pid") != Some(i64::from(pid)) {
+            continue;
+        }
+        let names = stack_names(&p, s);
+        let process = str_label(&p, s, "process").unwrap_or("");
+        let has = |f: &str| names.iter().any(|n| n == f);
+        match process {
+            "reuse_first" => {
+                assert!(!has("second_hot_inner"), "first has {names:?}");
+                if has("hot_inner") && has("work") {
+                    first_n += s.value[0];
+                }
+            }
+            "reuse_second" => {
+                assert!(!has("hot_inner") && !has("work"), "second has {names:?}");
+                if has("second_hot_inner") && has("second_work") {
+                    second_n += s.value[0];
+                }
+            }
+            other => panic!("pid {pid} sample from process {other:?}: {names:?}"),
+        }
+    }
+    eprintln!("pid {pid}: {first_n} samples of the first process, {second_n} of the second");
+    // Each ran 2 s (200 samples on an idle CPU); allow for a busy machine.
+    assert!(first_n >= 40, "first process: {first_n} samples");
+    assert!(second_n >= 40, "second process: {second_n} samples");
+}

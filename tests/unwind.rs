@@ -188,3 +188,86 @@ fn strict_dwarf_mode_stops_where_no_table_covers() {
     let p = profile(&exe, &["-seconds", "4"], "1", &["--unwind", "dwarf"], &out);
     assert!(root_share(&p) < 0.1, "dwarf: {}", root_share(&p));
 }
+
+/// Share of the samples containing `leaf` whose stack holds `chain` in
+/// order (leaf-first, other frames allowed between) and ends at a root.
+fn ordered_share(p: &Profile, leaf: &str, chain: &[&str]) -> (f64, i64) {
+    let (mut with_leaf, mut whole) = (0, 0);
+    for s in &p.sample {
+        let names = stack_names(p, s);
+        if !names.iter().any(|n| n == leaf) {
+            continue;
+        }
+        with_leaf += s.value[0];
+        let mut rest = names.iter();
+        let in_order = chain.iter().all(|c| rest.any(|n| n == c));
+        let rooted = names.last().is_some_and(|n| ROOTS.contains(&n.as_str()));
+        if in_order && rooted {
+            whole += s.value[0];
+        }
+    }
+    (whole as f64 / with_leaf.max(1) as f64, with_leaf)
+}
+
+/// Go → C (built without frame pointers) → Go: the stack must run
+/// unbroken from the Go callback, through cgo's `crosscall2` and the C
+/// frames, back to `main.main` and the goroutine's root, for both Go
+/// toolchains (their `crosscall2` frames differ).
+#[test]
+fn cgo_callback_stack_is_continuous() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    for (version, go) in [("1.27", go127()), ("1.19", go119())] {
+        let Some(go) = go else { continue };
+        let exe = dir.path().join(format!("gocgo-{version}"));
+        build_cgo(&go, "gocgo", &exe);
+        let out = dir.path().join(format!("cgo-{version}.pb.gz"));
+        let p = profile(&exe, &["-seconds", "10"], "3", &["--user-only"], &out);
+
+        let callback = [
+            "main.goSpin",
+            "runtime.cgocallback",
+            "crosscall2",
+            "goCallback",
+            "c_middle",
+            "c_outer",
+            "runtime.asmcgocall",
+            "main.callC",
+            "main.main",
+        ];
+        let (share, n) = ordered_share(&p, "main.goSpin", &callback);
+        eprintln!(
+            "go {version}: Go→C→Go stack whole on {:.1}% of {n} callback samples",
+            share * 100.0
+        );
+        assert!(n >= 50, "only {n} samples in the Go callback");
+        assert!(share >= 0.95, "go {version}: callback chain on {share:.3}");
+
+        let c_side = ["c_spin", "c_middle", "c_outer", "main.callC", "main.main"];
+        let (share, n) = ordered_share(&p, "c_spin", &c_side);
+        eprintln!(
+            "go {version}: Go→C stack whole on {:.1}% of {n} C samples",
+            share * 100.0
+        );
+        assert!(n >= 50, "only {n} samples in C");
+        assert!(share >= 0.95, "go {version}: C chain on {share:.3}");
+    }
+
+    // Frame pointers alone cannot cross the C frames on the way back
+    // (Go 1.27's crosscall2 has a doubled frame link): the rules for it
+    // are what makes the difference.
+    if go127().is_none() {
+        return;
+    }
+    let exe = dir.path().join("gocgo-1.27");
+    let out = dir.path().join("cgo-fp.pb.gz");
+    let p = profile(
+        &exe,
+        &["-seconds", "10"],
+        "2",
+        &["--user-only", "--unwind", "fp"],
+        &out,
+    );
+    let (share, _) = ordered_share(&p, "main.goSpin", &["main.goSpin", "main.main"]);
+    assert!(share < 0.5, "frame pointers alone: {share:.3}");
+}

@@ -38,6 +38,12 @@ struct rprof_sample {
 	__u64 time_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u64 period;         /* the event's sample period (ns for cpu-clock) */
 	/*
+	 * When the process started: its main thread's task->start_time
+	 * (CLOCK_MONOTONIC ns). With pid, what tells two processes apart when
+	 * the kernel reuses a pid during a capture.
+	 */
+	__u64 start_ns;
+	/*
 	 * The word at the user stack pointer when the sample hit user code, else
 	 * 0. In a function without a frame of its own (most leaves: compilers
 	 * skip the frame-pointer setup there) this is the return address that
@@ -54,11 +60,11 @@ struct rprof_sample {
 };
 
 /* Layout facts the Rust mirror asserts too. */
-_Static_assert(sizeof(struct rprof_sample) == 64 + 2 * 8 * RPROF_MAX_FRAMES,
+_Static_assert(sizeof(struct rprof_sample) == 72 + 2 * 8 * RPROF_MAX_FRAMES,
 	       "rprof_sample size changed: update profiler-ebpf/src/abi.rs");
-_Static_assert(__builtin_offsetof(struct rprof_sample, comm) == 48,
+_Static_assert(__builtin_offsetof(struct rprof_sample, comm) == 56,
 	       "rprof_sample.comm moved: update profiler-ebpf/src/abi.rs");
-_Static_assert(__builtin_offsetof(struct rprof_sample, user_stack) == 64,
+_Static_assert(__builtin_offsetof(struct rprof_sample, user_stack) == 72,
 	       "rprof_sample.user_stack moved: update profiler-ebpf/src/abi.rs");
 
 /*

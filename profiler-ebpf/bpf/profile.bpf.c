@@ -15,6 +15,7 @@
 #include <linux/bpf.h>
 #include <linux/bpf_perf_event.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 #include "abi.h"
 
@@ -279,6 +280,23 @@ static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid)
 	return n;
 }
 
+/*
+ * The two task_struct fields we read. preserve_access_index makes clang
+ * emit CO-RE relocations, which the loader resolves against the running
+ * kernel's BTF: no kernel headers, and no fixed offsets.
+ */
+struct task_struct {
+	__u64 start_time;
+	struct task_struct *group_leader;
+} __attribute__((preserve_access_index));
+
+/* The current process's start time (its main thread's), 0 if unreadable. */
+static __always_inline __u64 process_start_ns(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	return BPF_CORE_READ(task, group_leader, start_time);
+}
+
 SEC("perf_event")
 int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 {
@@ -308,6 +326,7 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 	s->flags = 0;
 	s->time_ns = bpf_ktime_get_ns();
 	s->period = ctx->sample_period;
+	s->start_ns = process_start_ns();
 	bpf_get_current_comm(s->comm, sizeof(s->comm));
 
 	s->user_sp_word = 0;

@@ -116,6 +116,9 @@ pub struct Sample {
     pub flags: u32,
     pub time_ns: u64,
     pub period: u64,
+    /// When the process started (its main thread's `task->start_time`,
+    /// CLOCK_MONOTONIC ns): with the pid, its identity across pid reuse.
+    pub start_ns: u64,
     /// The word at the user stack pointer (user-mode samples), else 0: the
     /// return address a frameless leaf function leaves out of the chain.
     pub user_sp_word: u64,
@@ -178,7 +181,7 @@ mod tests {
 #define F(m) printf(#m " %zu\n", offsetof(struct rprof_sample, m))
 int main(void) {
     printf("size %zu\n", sizeof(struct rprof_sample));
-    F(pid); F(tid); F(cpu); F(flags); F(time_ns); F(period); F(user_sp_word);
+    F(pid); F(tid); F(cpu); F(flags); F(time_ns); F(period); F(start_ns); F(user_sp_word);
     F(user_frames); F(kernel_frames); F(comm); F(user_stack); F(kernel_stack);
     printf("MAX_FRAMES %d\nCOMM_LEN %d\nMAX_TARGETS %d\n", RPROF_MAX_FRAMES, RPROF_COMM_LEN, RPROF_MAX_TARGETS);
     printf("FLAG_USER_STACK_ERR %u\nFLAG_KERNEL_STACK_ERR %u\n", RPROF_FLAG_USER_STACK_ERR, RPROF_FLAG_KERNEL_STACK_ERR);
@@ -216,6 +219,7 @@ int main(void) {
             ("flags", offset_of!(Sample, flags).to_string()),
             ("time_ns", offset_of!(Sample, time_ns).to_string()),
             ("period", offset_of!(Sample, period).to_string()),
+            ("start_ns", offset_of!(Sample, start_ns).to_string()),
             ("user_sp_word", offset_of!(Sample, user_sp_word).to_string()),
             ("user_frames", offset_of!(Sample, user_frames).to_string()),
             (

@@ -26,13 +26,21 @@ pub struct Counts {
     pub weight: u64,
 }
 
-/// Counted stacks plus the names of the threads they came from.
+/// Counted stacks plus the names of the threads they came from, kept per
+/// process so that one process's samples can move as a whole (see
+/// [`Aggregate::rekey`]).
 #[derive(Default)]
 pub struct Aggregate {
-    stacks: HashMap<StackKey, Counts>,
-    threads: HashMap<u32, String>,
+    procs: HashMap<u32, ProcSamples>,
     samples: u64,
     user_stack_errors: u64,
+}
+
+/// One process's stacks and thread names.
+#[derive(Default)]
+struct ProcSamples {
+    stacks: HashMap<StackKey, Counts>,
+    threads: HashMap<u32, String>,
 }
 
 impl Aggregate {
@@ -48,7 +56,8 @@ impl Aggregate {
         if s.flags & FLAG_USER_STACK_ERR != 0 {
             self.user_stack_errors += 1;
         }
-        self.threads
+        let proc = self.procs.entry(s.pid).or_default();
+        proc.threads
             .entry(s.tid)
             .or_insert_with(|| String::from_utf8_lossy(s.comm()).into_owned());
         let key = StackKey {
@@ -58,7 +67,7 @@ impl Aggregate {
             kernel: s.kernel_stack().into(),
         };
         let mut new = false;
-        let c = self.stacks.entry(key).or_insert_with(|| {
+        let c = proc.stacks.entry(key).or_insert_with(|| {
             new = true;
             Counts::default()
         });
@@ -69,12 +78,38 @@ impl Aggregate {
 
     /// Every distinct stack and its counts.
     pub fn stacks(&self) -> impl Iterator<Item = (&StackKey, &Counts)> {
-        self.stacks.iter()
+        self.procs.values().flat_map(|p| p.stacks.iter())
     }
 
-    /// Thread name as the kernel reported it in the first sample of `tid`.
-    pub fn thread_name(&self, tid: u32) -> Option<&str> {
-        self.threads.get(&tid).map(String::as_str)
+    /// Thread name as the kernel reported it in the first sample of `tid`
+    /// of process `pid`.
+    pub fn thread_name(&self, pid: u32, tid: u32) -> Option<&str> {
+        self.procs.get(&pid)?.threads.get(&tid).map(String::as_str)
+    }
+
+    /// Files everything of process `pid` under `alias` instead, so that
+    /// the next process to get the pid starts afresh (the process table
+    /// does the same, see [`crate::process::ProcessTable::retire`]). Costs
+    /// one pass over that process's own stacks.
+    pub fn rekey(&mut self, pid: u32, alias: u32) {
+        let Some(old) = self.procs.remove(&pid) else {
+            return;
+        };
+        let stacks = old
+            .stacks
+            .into_iter()
+            .map(|(mut k, c)| {
+                k.pid = alias;
+                (k, c)
+            })
+            .collect();
+        self.procs.insert(
+            alias,
+            ProcSamples {
+                stacks,
+                threads: old.threads,
+            },
+        );
     }
 
     /// Samples added.
@@ -89,7 +124,7 @@ impl Aggregate {
 
     /// Distinct processes seen.
     pub fn pids(&self) -> std::collections::BTreeSet<u32> {
-        self.stacks.keys().map(|k| k.pid).collect()
+        self.procs.keys().copied().collect()
     }
 }
 
@@ -106,6 +141,7 @@ mod tests {
             flags: 0,
             time_ns: 0,
             period: 10_000_000,
+            start_ns: 1,
             user_sp_word: 0,
             user_frames: user.len() as u32,
             kernel_frames: 0,
@@ -133,7 +169,23 @@ mod tests {
         assert_eq!(a.stacks().count(), 3);
         let total: u64 = a.stacks().map(|(_, c)| c.weight).sum();
         assert_eq!(total, 40_000_000);
-        assert_eq!(a.thread_name(2), Some("work"));
+        assert_eq!(a.thread_name(1, 2), Some("work"));
         assert_eq!(a.pids().into_iter().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn rekey_moves_one_process_and_frees_its_pid() {
+        let mut a = Aggregate::new();
+        add(&mut a, &sample(7, 7, &[0x10]));
+        add(&mut a, &sample(7, 8, &[0x20]));
+        add(&mut a, &sample(9, 9, &[0x10]));
+        a.rekey(7, 1 << 31);
+        assert_eq!(a.pids().into_iter().collect::<Vec<_>>(), vec![9, 1 << 31]);
+        assert!(a.stacks().all(|(k, _)| k.pid != 7));
+        assert_eq!(a.stacks().filter(|(k, _)| k.pid == 1 << 31).count(), 2);
+        assert_eq!(a.thread_name(1 << 31, 8), Some("work"));
+        // The next process with pid 7 is counted on its own.
+        assert!(add(&mut a, &sample(7, 7, &[0x10])));
+        assert_eq!(a.samples(), 4);
     }
 }

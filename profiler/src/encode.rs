@@ -180,16 +180,18 @@ pub fn build(
                 frames.get(&k),
             ));
         }
-        let process = procs
-            .get(key.pid)
+        let proc = procs.get(key.pid);
+        // key.pid is an alias for a process whose pid was reused.
+        let pid = proc.map_or(key.pid, |p| p.pid);
+        let process = proc
             .map(|p| p.comm.clone())
             .filter(|c| !c.is_empty())
-            .or_else(|| agg.thread_name(key.pid).map(str::to_owned))
+            .or_else(|| agg.thread_name(key.pid, pid).map(str::to_owned))
             .unwrap_or_default();
         let labels = vec![
-            b.num_label("pid", i64::from(key.pid)),
+            b.num_label("pid", i64::from(pid)),
             b.num_label("tid", i64::from(key.tid)),
-            b.str_label("thread", agg.thread_name(key.tid).unwrap_or("")),
+            b.str_label("thread", agg.thread_name(key.pid, key.tid).unwrap_or("")),
             b.str_label("process", &process),
         ];
         b.add_sample(

@@ -2,20 +2,24 @@
 //! command line. Checks first, then capture, then normalize, symbolize,
 //! encode and write.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use profiler_ebpf::abi::Sample;
 
 use crate::aggregate::Aggregate;
 use crate::capture::{Capture, CaptureConfig, Event, StopReason, Unwind};
 use crate::encode::{self, Meta};
 use crate::pprof;
 use crate::preflight::{self, PreflightError};
+use crate::process::exits::ExitWatch;
 use crate::process::ProcessTable;
 use crate::symbolize::Symbolizer;
 use crate::unwind::leaf::LeafFixer;
-use crate::unwind::loader::Unwinder;
+use crate::unwind::worker::TableWorker;
 
 /// Everything `record` needs from the command line.
 #[derive(Clone, Debug)]
@@ -94,18 +98,25 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         unwind: opts.unwind,
         unwind_rows: opts.unwind_rows,
     };
-    let mut procs = ProcessTable::new();
+    let mut live = Live::new();
     // Snapshot the targets before the first sample: a process that exits
     // early still gets its binaries opened.
     for &pid in &opts.pids {
-        procs.observe(pid);
+        live.observe(pid);
     }
     let runtime = |e: crate::capture::CaptureError| RecordError::Runtime(e.to_string());
     let mut capture = Capture::load(config).map_err(runtime)?;
-    let mut unwinder = capture.take_unwinder();
-    if let Some(u) = unwinder.as_mut() {
-        for &pid in &opts.pids {
-            load_tables(u, &procs, pid);
+    if let Some(mut u) = capture.take_unwinder() {
+        // The targets' tables go in before the first sample; later
+        // processes get theirs from the worker thread.
+        for p in opts.pids.iter().filter_map(|&pid| live.procs.get(pid)) {
+            if let Err(e) = u.load_process(p) {
+                eprintln!("warning: {e}");
+            }
+        }
+        match TableWorker::start(u) {
+            Ok(w) => live.unwinder = Some(w),
+            Err(e) => eprintln!("warning: cannot start the unwind table thread ({e}); new processes are unwound with frame pointers"),
         }
     }
     capture.attach().map_err(runtime)?;
@@ -128,26 +139,17 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
     );
     let bar = progress_bar(opts.seconds, opts.quiet);
 
-    let mut agg = Aggregate::new();
-    let mut leaf = LeafFixer::new();
     let total = Duration::from_secs(opts.seconds);
+    // Both callbacks need the state; they never run at the same time.
+    let live = RefCell::new(live);
     let stop = capture
         .run(
             total,
-            |s| {
-                if procs.get(s.pid).is_none() && procs.observe(s.pid).is_some() {
-                    if let Some(u) = unwinder.as_mut() {
-                        load_tables(u, &procs, s.pid);
-                    }
-                }
-                let user = leaf.user_stack(&mut procs, s.pid, s.user_stack(), s.user_sp_word);
-                if agg.add(s, &user) && crate::normalize::check_stack(&mut procs, s.pid, &user) {
-                    if let Some(u) = unwinder.as_mut() {
-                        load_tables(u, &procs, s.pid);
-                    }
-                }
-            },
+            |s| live.borrow_mut().add(s),
             |stats| {
+                // The ring was drained just before: every sample of a
+                // process that has exited is in, so it can be retired.
+                live.borrow_mut().retire_exited();
                 let elapsed = started.elapsed().min(total);
                 bar.set_position(elapsed.as_millis() as u64);
                 bar.set_message(format!("{} samples", stats.samples));
@@ -156,10 +158,16 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         .await
         .map_err(|e| RecordError::Runtime(e.to_string()))?;
     bar.finish_and_clear();
+    let Live {
+        procs,
+        agg,
+        unwinder,
+        ..
+    } = live.into_inner();
     let stats = capture.stats();
     let event = capture.event;
-    if let (Some(u), false) = (unwinder.as_ref(), opts.quiet) {
-        let st = u.stats();
+    let unwind_stats = unwinder.and_then(TableWorker::finish);
+    if let (Some(st), false) = (unwind_stats, opts.quiet) {
         eprintln!(
             "unwind tables: {} binaries, {} of {} rows ({:.1} MiB), {} processes, built in {} ms",
             st.binaries,
@@ -236,12 +244,83 @@ pub fn default_ring_bytes(frequency: u64) -> u32 {
         .min(64 << 20) as u32
 }
 
-/// Gives a process its unwind tables; a failure only costs that process
-/// its table-driven stacks, so it is reported, not fatal.
-fn load_tables(u: &mut Unwinder, procs: &ProcessTable, pid: u32) {
-    if let Some(p) = procs.get(pid) {
-        if let Err(e) = u.load_process(p) {
-            eprintln!("warning: {e}");
+/// What the capture builds up as samples arrive.
+struct Live {
+    procs: ProcessTable,
+    agg: Aggregate,
+    leaf: LeafFixer,
+    unwinder: Option<TableWorker>,
+    exits: ExitWatch,
+    /// The start time of the process behind each pid, from its samples.
+    starts: HashMap<u32, u64>,
+}
+
+impl Live {
+    fn new() -> Live {
+        Live {
+            procs: ProcessTable::new(),
+            agg: Aggregate::new(),
+            leaf: LeafFixer::new(),
+            unwinder: None,
+            exits: ExitWatch::new(),
+            starts: HashMap::new(),
+        }
+    }
+
+    /// Snapshots a process on first sight and watches it for exit. False
+    /// if it is already gone.
+    fn observe(&mut self, pid: u32) -> bool {
+        if self.procs.get(pid).is_some() {
+            return true;
+        }
+        if self.procs.observe(pid).is_none() {
+            return false;
+        }
+        self.exits.watch(pid);
+        true
+    }
+
+    fn add(&mut self, s: &Sample) {
+        // Another start time under a known pid: the pid was reused, and
+        // this sample is the new process's first.
+        let known = self.starts.insert(s.pid, s.start_ns);
+        if known.is_some_and(|t| t != s.start_ns) {
+            self.retire(s.pid);
+        }
+        if self.procs.get(s.pid).is_none() && self.observe(s.pid) {
+            self.load_tables(s.pid);
+        }
+        let user = self
+            .leaf
+            .user_stack(&mut self.procs, s.pid, s.user_stack(), s.user_sp_word);
+        if self.agg.add(s, &user) && crate::normalize::check_stack(&mut self.procs, s.pid, &user) {
+            self.load_tables(s.pid);
+        }
+    }
+
+    /// Files exited processes away from their pids, so that a new process
+    /// reusing one is never merged with them, and frees their unwind state.
+    fn retire_exited(&mut self) {
+        for pid in self.exits.take_exited() {
+            self.retire(pid);
+        }
+    }
+
+    /// Moves a process that is gone out of the way of its pid's next user.
+    fn retire(&mut self, pid: u32) {
+        if let Some(alias) = self.procs.retire(pid) {
+            self.agg.rekey(pid, alias);
+        }
+        self.exits.forget(pid);
+        if let Some(u) = &self.unwinder {
+            u.remove(pid);
+        }
+    }
+
+    /// Queues a process's unwind tables.
+    fn load_tables(&mut self, pid: u32) {
+        if let (Some(u), Some(p)) = (&self.unwinder, self.procs.get(pid)) {
+            u.load(p);
         }
     }
 }

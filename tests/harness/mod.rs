@@ -95,6 +95,21 @@ pub fn build_go(go: &Path, name: &str, out: &Path, args: &[&str]) {
     assert!(status.success(), "go build of {name} failed");
 }
 
+/// Builds the cgo fixture `name` into `out`: cgo on, C compiled by the
+/// system gcc.
+pub fn build_cgo(go: &Path, name: &str, out: &Path) {
+    let status = go_command(go)
+        .env("CGO_ENABLED", "1")
+        .env("CC", "gcc")
+        .args(["build", "-o"])
+        .arg(out)
+        .arg(".")
+        .current_dir(fixtures().join(name))
+        .status()
+        .expect("running go build");
+    assert!(status.success(), "go build of {name} (cgo) failed");
+}
+
 /// Compiles a C fixture with gcc.
 pub fn build_c(src: &str, out: &Path, flags: &[&str]) {
     let status = Command::new("gcc")

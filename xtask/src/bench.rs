@@ -587,18 +587,37 @@ fn unwinding(env: &Env, md: &mut String) -> Result<()> {
             .env("CARGO_TARGET_DIR", &target),
     )?;
     let rust = target.join("release/rustspin");
+    let cgo = env.out.join("gocgo");
+    sh(Command::new(&env.go)
+        .args(["build", "-o"])
+        .arg(&cgo)
+        .arg(".")
+        .current_dir(env.root.join("tests/fixtures/gocgo"))
+        .env("CGO_ENABLED", "1")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOCACHE", env.root.join("target/go-cache")))?;
     writeln!(md, "## 6. Unwinding without frame pointers\n")?;
-    writeln!(md, "5 s per run at 100 Hz on one process. Root reached: the outermost frame is `_start`. BPF per run averages over both CPUs' runs: the idle CPU's runs exit at once, so the cost of a sample is about twice the figure.\n")?;
+    writeln!(md, "5 s per run at 100 Hz on one process. Root reached: the outermost frame is the thread's root (`_start`, or `runtime.goexit` for Go). BPF per run averages over both CPUs' runs: the idle CPU's runs exit at once, so the cost of a sample is about twice the figure.\n")?;
     writeln!(md, "| fixture | unwinding | root reached | median stack depth | BPF per run | tables |\n| --- | --- | --- | --- | --- | --- |")?;
-    for (name, exe) in [
+    let cases: [(&str, &Path, &[&str], &str); 3] = [
         (
             "C, -O2 -fomit-frame-pointer, hot in a qsort callback",
             &qsort,
+            &["20"],
+            "_start;",
         ),
-        ("Rust release, no frame pointers", &rust),
-    ] {
+        ("Rust release, no frame pointers", &rust, &["20"], "_start;"),
+        (
+            "Go 1.27 → C (no frame pointers) → Go callback (cgo)",
+            &cgo,
+            &["-seconds", "20"],
+            "runtime.goexit;",
+        ),
+    ];
+    for (name, exe, args, root) in cases {
         for mode in ["fp", "auto"] {
-            let mut child = Command::new(exe).arg("20").stdout(Stdio::null()).spawn()?;
+            let mut child = Command::new(exe).args(args).stdout(Stdio::null()).spawn()?;
             std::thread::sleep(Duration::from_millis(300));
             let out = env.out.join("unwind.pb.gz");
             let (_, err) = measure(
@@ -629,7 +648,7 @@ fn unwinding(env: &Env, md: &mut String) -> Result<()> {
                 };
                 let v: f64 = v.parse().unwrap_or(0.0);
                 all += v;
-                if stack.starts_with("_start;") {
+                if stack.starts_with(root) {
                     rooted += v;
                 }
                 depths.push(stack.split(';').count() as f64);

@@ -18,7 +18,7 @@
 //! [`Window::take_exited`]); only then are its binaries released.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use super::labels::{Kubelet, Labels};
 use super::metrics::Counters;
 use super::resolve::{PendingLoc, ResolvedLoc};
 use crate::capture::CaptureStats;
+use crate::process::exits::pidfd_open;
 use crate::process::{BinaryKey, Process, ProcessTable};
 use crate::unwind::leaf::LeafFixer;
 
@@ -764,17 +765,6 @@ pub fn mono_to_unix_ns(mono: u64) -> i64 {
     unix - (mono_now() as i64 - mono as i64)
 }
 
-/// A pidfd for `pid` (Linux 5.3+), or `None` if it is gone.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the kernel just handed us this fd and nothing else owns it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// A process's start time in clock ticks since boot (`/proc/PID/stat`
 /// field 22): with the pid, what identifies it across pid reuse.
 pub fn start_ticks(pid: u32) -> Option<u64> {
@@ -796,6 +786,7 @@ mod tests {
             flags: 0,
             time_ns,
             period: 10_000_000,
+            start_ns: 1,
             user_sp_word: 0,
             user_frames: user.len() as u32,
             kernel_frames: 0,

@@ -8,6 +8,7 @@
 //! used may not exist on the host at all.
 
 pub mod buildid;
+pub mod exits;
 pub mod maps;
 
 use std::collections::HashMap;
@@ -136,7 +137,13 @@ impl Process {
 pub struct ProcessTable {
     procs: HashMap<u32, Process>,
     binaries: HashMap<BinaryKey, Arc<Binary>>,
+    /// Processes retired so far (see [`ProcessTable::retire`]).
+    retired: u32,
 }
+
+/// Where the keys of retired processes start: pids never reach 2^31 (the
+/// kernel caps pid_max at 2^22).
+pub const RETIRED_BASE: u32 = 1 << 31;
 
 /// How often one process's maps may be re-read when addresses miss: a
 /// process whose samples keep missing (JIT code, say) must not make us
@@ -232,6 +239,19 @@ impl ProcessTable {
             self.binaries.remove(k);
         }
         dead
+    }
+
+    /// Moves an exited process out of the way of the next process to get
+    /// its pid: what we knew about it stays in the table under a new key
+    /// (an alias above every real pid; [`Process::pid`] keeps the real
+    /// one), and the alias is returned so the caller can move that
+    /// process's samples too. `None` if the pid is unknown.
+    pub fn retire(&mut self, pid: u32) -> Option<u32> {
+        let p = self.procs.remove(&pid)?;
+        self.retired = self.retired.wrapping_add(1);
+        let alias = RETIRED_BASE | (self.retired & !RETIRED_BASE);
+        self.procs.insert(alias, p);
+        Some(alias)
     }
 
     /// How many binaries are open.

@@ -12,13 +12,15 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use profiler_ebpf::abi::{ProcInfo, ProcMap, UnwindRow, MAX_PROC_MAPS};
 
-use super::table;
+use super::{cgo, table};
 use crate::process::{BinaryKey, Process};
+use crate::symbolize::go::GoTable;
 
 /// `ProcInfo` as a map value.
 #[repr(transparent)]
@@ -45,6 +47,47 @@ pub struct UnwindStats {
     pub build_time: Duration,
     /// Bytes of `.text` covered (executable mapping sizes), for cost per MB.
     pub text_bytes: u64,
+}
+
+/// What loading one process's tables needs, detached from the process
+/// table so it can be sent to another thread.
+pub struct TableRequest {
+    pub pid: u32,
+    /// Executable mappings, sorted by start.
+    pub maps: Vec<TableMap>,
+}
+
+/// One executable mapping and, when file-backed, its binary: identity,
+/// mapped bytes and name (for messages).
+pub struct TableMap {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub binary: Option<(BinaryKey, Option<Arc<memmap2::Mmap>>, String)>,
+}
+
+impl TableRequest {
+    /// The request for `process` as it is now.
+    pub fn of(process: &Process) -> TableRequest {
+        let maps = process
+            .maps
+            .iter()
+            .filter(|m| m.executable)
+            .map(|m| TableMap {
+                start: m.start,
+                end: m.end,
+                offset: m.offset,
+                binary: process
+                    .binaries
+                    .get(&m.start)
+                    .map(|b| (b.key, b.data.clone(), b.path.clone())),
+            })
+            .collect();
+        TableRequest {
+            pid: process.pid,
+            maps,
+        }
+    }
 }
 
 /// The unwind maps of a loaded program, and the tables already in them.
@@ -139,20 +182,18 @@ impl Unwinder {
     /// before, then writes its mapping list. Call again after its mappings
     /// change (dlopen, exec).
     pub fn load_process(&mut self, process: &Process) -> Result<(), String> {
+        self.load(&TableRequest::of(process))
+    }
+
+    /// [`Unwinder::load_process`] from a detached snapshot (what the
+    /// table worker thread receives).
+    pub fn load(&mut self, req: &TableRequest) -> Result<(), String> {
         let t0 = Instant::now();
         let mut info = ProcInfo::default();
         let mut n = 0;
-        for m in process.maps.iter().filter(|m| m.executable) {
-            if n == MAX_PROC_MAPS {
-                break;
-            }
-            let (row_start, row_count) = match process.binaries.get(&m.start) {
-                Some(bin) => {
-                    let key = bin.key;
-                    let name = bin.path.clone();
-                    self.table(key, bin.data.as_deref().map(|d| &d[..]), &name)
-                        .unwrap_or((0, 0))
-                }
+        for m in req.maps.iter().take(MAX_PROC_MAPS) {
+            let (row_start, row_count) = match &m.binary {
+                Some((key, data, name)) => self.table(*key, data.as_ref(), name).unwrap_or((0, 0)),
                 None => (0, 0),
             };
             self.stats.text_bytes += m.end - m.start;
@@ -167,8 +208,8 @@ impl Unwinder {
         }
         info.count = n as u32;
         self.procs
-            .insert(process.pid, ProcValue(info), 0)
-            .map_err(|e| format!("cannot load unwind info of pid {}: {e}", process.pid))?;
+            .insert(req.pid, ProcValue(info), 0)
+            .map_err(|e| format!("cannot load unwind info of pid {}: {e}", req.pid))?;
         self.stats.processes += 1;
         self.stats.build_time += t0.elapsed();
         Ok(())
@@ -186,12 +227,17 @@ impl Unwinder {
 
     /// The (start, count) of a binary's rows, compiling and copying them on
     /// first use. `None` when it has no table or the table did not fit.
-    fn table(&mut self, key: BinaryKey, data: Option<&[u8]>, name: &str) -> Option<(u32, u32)> {
+    fn table(
+        &mut self,
+        key: BinaryKey,
+        data: Option<&Arc<memmap2::Mmap>>,
+        name: &str,
+    ) -> Option<(u32, u32)> {
         if let Some(t) = self.tables.get(&key) {
             return *t;
         }
         let rows = data
-            .and_then(|d| table::compile(d).ok())
+            .and_then(|d| table::compile_with(d, go_rules(d)).ok())
             .unwrap_or_default();
         let placed = if rows.is_empty() {
             None
@@ -218,5 +264,13 @@ impl Unwinder {
         };
         self.tables.insert(key, placed);
         placed
+    }
+}
+
+/// Rules for the Go code C calls into, if `data` is a Go binary using cgo.
+fn go_rules(data: &Arc<memmap2::Mmap>) -> Vec<(u64, u64, table::Rule)> {
+    match GoTable::parse_mapped(data.clone()) {
+        Ok(Some(go)) => cgo::trampoline_rules(&go),
+        _ => Vec::new(),
     }
 }

@@ -83,6 +83,17 @@ impl Rule {
 /// offset, with identical neighbours merged. An ELF without `.eh_frame`
 /// gives an empty table.
 pub fn compile(data: &[u8]) -> Result<Vec<UnwindRow>, TableError> {
+    compile_with(data, Vec::new())
+}
+
+/// Like [`compile`], with `extra` rules `(start, end, rule)` in link-time
+/// addresses for code no CFI covers (Go's cgo trampolines, see
+/// [`super::cgo`]). Where both cover a PC, one of them wins arbitrarily:
+/// callers only add rules where there is no FDE.
+pub fn compile_with(
+    data: &[u8],
+    extra: Vec<(u64, u64, Rule)>,
+) -> Result<Vec<UnwindRow>, TableError> {
     let header =
         FileHeader64::<object::LittleEndian>::parse(data).map_err(|_| TableError::NotElf)?;
     let endian = header.endian().map_err(|_| TableError::NotElf)?;
@@ -104,7 +115,7 @@ pub fn compile(data: &[u8]) -> Result<Vec<UnwindRow>, TableError> {
             .map(|(v, _, off)| vaddr - v + off)
     };
 
-    let mut raw: Vec<(u64, u64, Rule)> = Vec::new();
+    let mut raw = extra;
     for (name, is_eh) in [(&b".eh_frame"[..], true), (&b".debug_frame"[..], false)] {
         let Some((index, sh)) = sections.section_by_name(endian, name) else {
             continue;

@@ -65,6 +65,9 @@ pub(crate) struct Func {
     /// Size of the fixed part of the record.
     fixed: usize,
     pub name_off: u32,
+    /// The stack-pointer delta table (what unwinding through the function
+    /// needs).
+    pub pcsp: u32,
     pcfile: u32,
     pcln: u32,
     npcdata: u32,
@@ -184,6 +187,7 @@ impl<'a> TableView<'a> {
             rec,
             fixed: tail + 4,
             name_off: field(0)?,
+            pcsp: field(3)?,
             pcfile: field(4)?,
             pcln: field(5)?,
             npcdata: field(6)?,
@@ -328,6 +332,14 @@ impl Runs {
     /// Whether there is no table.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The runs as `(start pc, end pc, value)`, from the function entry.
+    pub fn spans(&self, entry: u64) -> impl Iterator<Item = (u64, u64, i32)> + '_ {
+        let starts = std::iter::once(entry).chain(self.0.iter().map(|r| r.0));
+        starts
+            .zip(&self.0)
+            .map(|(start, &(end, v))| (start, end, v))
     }
 
     /// The largest value in the table.

@@ -110,6 +110,18 @@ impl std::ops::Deref for ElfBytes {
     }
 }
 
+/// A function's stack-pointer deltas, from its `pcsp` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpDeltas {
+    /// The function's entry and end (link-time addresses).
+    pub entry: u64,
+    pub end: u64,
+    /// `(start, end, delta)`: over `[start, end)` the stack pointer is
+    /// `delta` bytes below its value at entry (which points at the return
+    /// address).
+    pub spans: Vec<(u64, u64, i32)>,
+}
+
 /// One parsed Go binary. Cheap to open, `Send + Sync`, lookups take `&self`.
 pub struct GoTable {
     data: ElfBytes,
@@ -256,6 +268,35 @@ impl GoTable {
         };
         let raw = inline::frames(&view, &d, vaddr, tree.as_ref())?;
         Some(raw.into_iter().map(to_frame).collect())
+    }
+
+    /// The stack-pointer deltas of the function named `name` (found by a
+    /// scan of the function table): how far below its entry stack pointer
+    /// the function's SP is, per PC range. Unwinding through Go code that
+    /// C calls (cgo's `crosscall2`) needs them, since such code has no
+    /// `.eh_frame` and may not keep a frame-pointer chain C can follow.
+    pub fn sp_deltas(&self, name: &str) -> Option<SpDeltas> {
+        let view = self.view();
+        let func = (0..self.header.nfunc)
+            .filter_map(|i| view.func(i))
+            .find(|f| view.func_name(f.name_off) == Some(name.as_bytes()))?;
+        let runs = funcs::Runs::decode(&view, func.pcsp, func.entry, func.end);
+        let spans = runs
+            .spans(func.entry)
+            .filter(|&(start, end, _)| start < end && start < func.end)
+            .map(|(start, end, delta)| (start, end.min(func.end), delta))
+            .collect::<Vec<_>>();
+        (!spans.is_empty()).then_some(SpDeltas {
+            entry: func.entry,
+            end: func.end,
+            spans,
+        })
+    }
+
+    /// `len` bytes at link-time address `vaddr`, if they all lie in one
+    /// segment's file-backed part.
+    pub fn code(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
+        self.img.read(&self.data, vaddr, len)
     }
 
     /// A view of the table for decoding.
