@@ -387,3 +387,461 @@ fn stripped_go_binary_symbolized_from_a_copy_matches_live() {
     assert!(b.values().any(|l| l.len() >= 2 && l[0].0 == "main.mix"));
     assert!(flat_share(&sym, "main.mix") > 0.5);
 }
+
+/// A text symbol of the running kernel image (modules and BPF left out).
+struct KernelSym {
+    addr: u64,
+    /// kallsyms type letter: `t` local, `T` global, `w`/`W` weak.
+    kind: u8,
+    name: String,
+}
+
+/// The running kernel's own text symbols, by address (aliases keep their
+/// kallsyms order).
+fn kernel_text_symbols() -> Vec<KernelSym> {
+    let text = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    let mut syms: Vec<KernelSym> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // A fourth field is `[module]`: not part of vmlinux.
+            let [addr, kind, name] = f[..] else {
+                return None;
+            };
+            let addr = u64::from_str_radix(addr, 16).ok()?;
+            let kind = kind.as_bytes()[0];
+            (addr != 0 && b"tTwW".contains(&kind)).then(|| KernelSym {
+                addr,
+                kind,
+                name: name.to_owned(),
+            })
+        })
+        .collect();
+    syms.sort_by_key(|s| s.addr);
+    assert!(syms.len() > 10_000, "kallsyms hides addresses?");
+    syms
+}
+
+fn symbol_addr(syms: &[KernelSym], name: &str) -> u64 {
+    syms.iter().find(|s| s.name == name).unwrap().addr
+}
+
+/// The running kernel's GNU build ID as bytes.
+fn kernel_build_id() -> Vec<u8> {
+    let hex = rprof_bpf::symbolize::kernel::build_id().expect("a kernel build ID");
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Writes a vmlinux as the kernel build would, minus code and DWARF: an
+/// x86-64 `ET_EXEC` whose `.text` spans the kernel's text at link-time
+/// addresses (runtime minus `slide`), a `.symtab` holding every kernel text
+/// symbol there (functions sized up to the next symbol, locals first as ELF
+/// requires), and a `.notes` section and `PT_NOTE` with the GNU build ID.
+fn write_vmlinux(path: &Path, syms: &[KernelSym], build_id: &[u8], slide: u64) {
+    use object::elf;
+    use object::write::elf::{FileHeader, ProgramHeader, SectionHeader, Sym, Writer};
+
+    let link = |a: u64| a - slide;
+    let text_start = link(syms[0].addr) & !0xfff;
+    let text_end = link(syms[syms.len() - 1].addr) + 0x1000;
+    let text_len = (text_end - text_start) as usize;
+    // Sizes: up to the next symbol at a higher address.
+    let sizes: Vec<u64> = (0..syms.len())
+        .map(|i| {
+            let next = syms[i..].iter().find(|s| s.addr > syms[i].addr);
+            next.map_or(16, |n| n.addr - syms[i].addr)
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..syms.len()).collect();
+    order.sort_by_key(|&i| syms[i].kind != b't');
+    let locals = syms.iter().filter(|s| s.kind == b't').count() as u32;
+    let mut note = Vec::new();
+    for w in [4u32, build_id.len() as u32, elf::NT_GNU_BUILD_ID] {
+        note.extend_from_slice(&w.to_le_bytes());
+    }
+    note.extend_from_slice(b"GNU\0");
+    note.extend_from_slice(build_id);
+    note.resize(note.len().div_ceil(4) * 4, 0);
+
+    let mut out = Vec::new();
+    let mut w = Writer::new(object::Endianness::Little, true, &mut out);
+    w.reserve_file_header();
+    w.reserve_program_headers(2);
+    let text_off = w.reserve(text_len, 0x1000);
+    let note_off = w.reserve(note.len(), 4);
+    w.reserve_null_section_index();
+    let text_name = w.add_section_name(b".text");
+    let text_idx = w.reserve_section_index();
+    let note_name = w.add_section_name(b".notes");
+    w.reserve_section_index();
+    let names: Vec<_> = order
+        .iter()
+        .map(|&i| {
+            w.reserve_symbol_index(Some(text_idx));
+            w.add_string(syms[i].name.as_bytes())
+        })
+        .collect();
+    w.reserve_symtab_section_index();
+    w.reserve_symtab();
+    w.reserve_strtab_section_index();
+    w.reserve_strtab();
+    w.reserve_shstrtab_section_index();
+    w.reserve_shstrtab();
+    w.reserve_section_headers();
+
+    w.write_file_header(&FileHeader {
+        os_abi: elf::ELFOSABI_NONE,
+        abi_version: 0,
+        e_type: elf::ET_EXEC,
+        e_machine: elf::EM_X86_64,
+        e_entry: text_start,
+        e_flags: 0,
+    })
+    .unwrap();
+    w.write_align_program_headers();
+    w.write_program_header(&ProgramHeader {
+        p_type: elf::PT_LOAD,
+        p_flags: elf::PF_R | elf::PF_X,
+        p_offset: text_off as u64,
+        p_vaddr: text_start,
+        p_paddr: text_start,
+        p_filesz: text_len as u64,
+        p_memsz: text_len as u64,
+        p_align: 0x1000,
+    });
+    w.write_program_header(&ProgramHeader {
+        p_type: elf::PT_NOTE,
+        p_flags: elf::PF_R,
+        p_offset: note_off as u64,
+        p_vaddr: 0,
+        p_paddr: 0,
+        p_filesz: note.len() as u64,
+        p_memsz: note.len() as u64,
+        p_align: 4,
+    });
+    w.pad_until(text_off);
+    w.write(&vec![0xcc; text_len]); // int3, as padding between functions
+    w.pad_until(note_off);
+    w.write(&note);
+    w.write_null_symbol();
+    for (&i, &name) in order.iter().zip(&names) {
+        let bind = match syms[i].kind {
+            b't' => elf::STB_LOCAL,
+            b'T' => elf::STB_GLOBAL,
+            _ => elf::STB_WEAK,
+        };
+        w.write_symbol(&Sym {
+            name: Some(name),
+            section: Some(text_idx),
+            st_info: (bind << 4) | elf::STT_FUNC,
+            st_other: elf::STV_DEFAULT,
+            st_shndx: 0,
+            st_value: link(syms[i].addr),
+            st_size: sizes[i],
+        });
+    }
+    w.write_strtab();
+    w.write_shstrtab();
+    w.write_null_section_header();
+    w.write_section_header(&SectionHeader {
+        name: Some(text_name),
+        sh_type: elf::SHT_PROGBITS,
+        sh_flags: u64::from(elf::SHF_ALLOC | elf::SHF_EXECINSTR),
+        sh_addr: text_start,
+        sh_offset: text_off as u64,
+        sh_size: text_len as u64,
+        sh_link: 0,
+        sh_info: 0,
+        sh_addralign: 0x1000,
+        sh_entsize: 0,
+    });
+    w.write_section_header(&SectionHeader {
+        name: Some(note_name),
+        sh_type: elf::SHT_NOTE,
+        sh_flags: 0,
+        sh_addr: 0,
+        sh_offset: note_off as u64,
+        sh_size: note.len() as u64,
+        sh_link: 0,
+        sh_info: 0,
+        sh_addralign: 4,
+        sh_entsize: 0,
+    });
+    w.write_symtab_section_header(1 + locals);
+    w.write_strtab_section_header();
+    w.write_shstrtab_section_header();
+    assert_eq!(w.reserved_len(), w.len());
+    std::fs::write(path, out).unwrap();
+}
+
+/// Function name of each kernel location, keyed by (address, is it some
+/// sample's leaf); unnamed locations map to `None`.
+fn kernel_names(p: &Profile) -> HashMap<(u64, bool), Option<String>> {
+    let k = p
+        .mapping
+        .iter()
+        .find(|m| p.str(m.filename) == "[kernel.kallsyms]")
+        .expect("a kernel mapping");
+    let leaves: BTreeSet<u64> = p
+        .sample
+        .iter()
+        .filter_map(|s| s.location_id.first().copied())
+        .collect();
+    p.location
+        .iter()
+        .filter(|l| l.mapping_id == k.id)
+        .map(|l| {
+            let name = l.line.first().map(|ln| {
+                let f = p.function.iter().find(|f| f.id == ln.function_id).unwrap();
+                p.str(f.name).to_owned()
+            });
+            ((l.address, leaves.contains(&l.id)), name)
+        })
+        .collect()
+}
+
+/// All names kallsyms gives the function containing `addr` (aliases share
+/// an address, and either may be reported).
+fn names_at(syms: &[KernelSym], addr: u64) -> BTreeSet<&str> {
+    let i = syms.partition_point(|s| s.addr <= addr);
+    let start = syms[i - 1].addr;
+    syms.iter()
+        .filter(|s| s.addr == start)
+        .map(|s| s.name.as_str())
+        .collect()
+}
+
+fn symbolize_output(args: &[&str]) -> std::process::Output {
+    rprof().arg("symbolize").args(args).output().unwrap()
+}
+
+#[test]
+fn kernel_frames_from_vmlinux_despite_kaslr_slide() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name);
+    let s = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    let bin = d("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let exe = bin.join("spin");
+    build_c("spin.c", &exe, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    // write(2) to /dev/null in a loop: most samples are in the kernel.
+    let t = Target::spawn(&exe, &["8", "sys"]);
+    let (live, raw) = (d("live.pb.gz"), d("raw.pb.gz"));
+    assert_ok(&record_pid(t.pid(), "2", &live, &[]));
+    assert_ok(&record_pid(t.pid(), "2", &raw, &["--no-symbolize"]));
+    drop(t);
+
+    // The raw kernel mapping records the runtime text: start and offset
+    // are _stext (perf's convention), the limit _etext.
+    let syms = kernel_text_symbols();
+    let (stext, etext) = (symbol_addr(&syms, "_stext"), symbol_addr(&syms, "_etext"));
+    let rawp = load(&raw);
+    let k = rawp
+        .mapping
+        .iter()
+        .find(|m| rawp.str(m.filename) == "[kernel.kallsyms]")
+        .unwrap();
+    assert_eq!(
+        (k.memory_start, k.memory_limit, k.file_offset),
+        (stext, etext, stext)
+    );
+    let id = rprof_bpf::symbolize::kernel::build_id().unwrap();
+    assert_eq!(rawp.str(k.build_id), id);
+    assert!(kernel_names(&rawp).values().all(Option::is_none));
+
+    // A vmlinux linked 16 MiB below where the kernel runs.
+    let slide = 0x100_0000;
+    let vmlinux = d("vmlinux");
+    write_vmlinux(&vmlinux, &syms, &kernel_build_id(), slide);
+    let sym = d("sym.pb.gz");
+    let args = [
+        s(&raw),
+        "-o".into(),
+        s(&sym),
+        "--vmlinux".into(),
+        s(&vmlinux),
+        "--binary".into(),
+        s(&bin),
+    ];
+    let o = symbolize_output(&args.each_ref().map(String::as_str));
+    assert_ok(&o);
+    let summary = String::from_utf8_lossy(&o.stderr);
+    let line = summary
+        .lines()
+        .find(|l| l.contains("[kernel.kallsyms]"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(
+        line.contains(&format!("found {} (--vmlinux)", vmlinux.display()))
+            && line.contains("KASLR slide +0x1000000"),
+        "{line}"
+    );
+
+    // Every kernel frame in the text is named, as kallsyms names it: the
+    // same function (or an alias at its address) as the live capture.
+    let symp = load(&sym);
+    let named = kernel_names(&symp);
+    let in_text: Vec<_> = named
+        .iter()
+        .filter(|((a, _), _)| (stext..etext).contains(a))
+        .collect();
+    assert!(in_text.len() >= 10, "{} kernel locations", in_text.len());
+    for (&(addr, leaf), name) in &in_text {
+        let lookup = if leaf { addr } else { addr - 1 };
+        let name = name
+            .as_deref()
+            .unwrap_or_else(|| panic!("{addr:#x} unnamed"));
+        assert!(
+            names_at(&syms, lookup).contains(name),
+            "{addr:#x}: {name} vs {:?}",
+            names_at(&syms, lookup)
+        );
+    }
+    // Outside the kernel's own text (modules, BPF) the vmlinux knows
+    // nothing: those frames stay addresses.
+    assert!(named
+        .iter()
+        .all(|((a, _), n)| (stext..etext).contains(a) || n.is_none()));
+    let counts = format!("{}/{} locations named", in_text.len(), named.len());
+    assert!(line.contains(&counts), "{line}");
+    let livep = load(&live);
+    let live_named = kernel_names(&livep);
+    let mut common = 0;
+    for (key, name) in &named {
+        if let (Some(a), Some(Some(b))) = (name, live_named.get(key)) {
+            let lookup = if key.1 { key.0 } else { key.0 - 1 };
+            assert!(
+                names_at(&syms, lookup).is_superset(&[a.as_str(), b.as_str()].into()),
+                "{:#x}: vmlinux {a}, live {b}",
+                key.0
+            );
+            common += 1;
+        }
+    }
+    assert!(common >= 5, "{common} kernel locations in both captures");
+    // The syscall path, above the user code that made the call.
+    for (p, f, min) in [
+        (&symp, "ksys_write", 0.1),
+        (&symp, "do_syscall_64", 0.3),
+        (&livep, "ksys_write", 0.1),
+        (&livep, "do_syscall_64", 0.3),
+    ] {
+        assert!(cum_share(p, f) > min, "{f}: {}", cum_share(p, f));
+    }
+    assert!(symp.sample.iter().any(|smp| {
+        let n = stack_names(&symp, smp);
+        let k = n.iter().position(|x| x == "ksys_write");
+        let w = n.iter().position(|x| x == "work");
+        matches!((k, w), (Some(k), Some(w)) if k < w)
+    }));
+    let m = symp
+        .mapping
+        .iter()
+        .find(|m| symp.str(m.filename) == "[kernel.kallsyms]")
+        .unwrap();
+    assert!(m.has_functions && !m.has_line_numbers);
+
+    // Idempotent.
+    let again = d("again.pb.gz");
+    let args = [
+        s(&sym),
+        "-o".into(),
+        s(&again),
+        "--vmlinux".into(),
+        s(&vmlinux),
+    ];
+    assert_ok(&symbolize_output(&args.each_ref().map(String::as_str)));
+    assert_eq!(load(&again), symp);
+
+    // go tool pprof reads both the raw and the symbolized profile.
+    if let Some(go) = go127() {
+        for p in [&raw, &sym] {
+            let o = go_pprof(&go, &["-top", p.to_str().unwrap()]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let o = go_pprof(&go, &["-top", sym.to_str().unwrap()]);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("ksys_write"));
+    }
+}
+
+#[test]
+fn vmlinux_with_another_build_id_is_refused_and_bad_files_are_named() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name);
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let exe = d("spin");
+    build_c("spin.c", &exe, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let raw = d("raw.pb.gz");
+    let t = Target::spawn(&exe, &["4", "sys"]);
+    assert_ok(&record_pid(t.pid(), "1", &raw, &["--no-symbolize"]));
+    drop(t);
+    let syms = kernel_text_symbols();
+
+    // Same symbols, one build ID byte off: another kernel build.
+    let mut other = kernel_build_id();
+    other[0] ^= 0xff;
+    let wrong = d("vmlinux-other");
+    write_vmlinux(&wrong, &syms, &other, 0x200000);
+    let out = d("wrong.pb.gz");
+    let o = symbolize_output(&[&s(&raw), "-o", &s(&out), "--vmlinux", &s(&wrong)]);
+    assert_ok(&o);
+    let summary = String::from_utf8_lossy(&o.stderr);
+    let line = summary
+        .lines()
+        .find(|l| l.contains("[kernel.kallsyms]"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    let other_hex = rprof_bpf::process::buildid::hex(&other);
+    assert!(
+        line.contains(&format!("{} has build ID {other_hex}", wrong.display()))
+            && line.contains("refused")
+            && line.contains(" 0/"),
+        "{line}"
+    );
+    let p = load(&out);
+    let names = kernel_names(&p);
+    assert!(!names.is_empty() && names.values().all(Option::is_none));
+    let k = p
+        .mapping
+        .iter()
+        .find(|m| p.str(m.filename) == "[kernel.kallsyms]")
+        .unwrap();
+    assert!(!k.has_functions);
+    // Frames stayed addresses, so the right file can still name them.
+    let right = d("vmlinux");
+    write_vmlinux(&right, &syms, &kernel_build_id(), 0x200000);
+    let fixed = d("fixed.pb.gz");
+    let o = symbolize_output(&[&s(&out), "-o", &s(&fixed), "--vmlinux", &s(&right)]);
+    assert_ok(&o);
+    assert!(kernel_names(&load(&fixed)).values().any(Option::is_some));
+
+    // Unusable files: exit 1, the file named, nothing written.
+    let text = d("vmlinux.txt");
+    std::fs::write(&text, "not an ELF file\n").unwrap();
+    let stripped = d("vmlinux-stripped");
+    let st = Command::new("objcopy")
+        .args(["--strip-all", &s(&right), &s(&stripped)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for (file, why) in [
+        (d("no-such-vmlinux"), "cannot read vmlinux file"),
+        (text, "not a 64-bit little-endian ELF file"),
+        (stripped, "no symbol table"),
+        // An ELF with symbols, but not a kernel's.
+        (exe.clone(), "no _stext symbol"),
+    ] {
+        let dest = d("never.pb.gz");
+        let o = symbolize_output(&[&s(&raw), "-o", &s(&dest), "--vmlinux", &s(&file)]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(
+            e.contains(&s(&file)) && e.contains(why) && !e.contains("panicked"),
+            "{e}"
+        );
+        assert!(!dest.exists());
+    }
+}

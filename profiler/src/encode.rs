@@ -209,16 +209,31 @@ pub fn build(
     b.finish()
 }
 
-/// Adds the `[kernel.kallsyms]` mapping: the kernel text's range when the
-/// symbolizer knows it, and the running kernel's build ID. Returns its id.
+/// Adds the `[kernel.kallsyms]` mapping, with the running kernel's build
+/// ID, and returns its id.
+///
+/// Symbolized, it spans the kernel symbols the symbolizer knows. Raw (no
+/// kernel symbolizer), it records the kernel text as perf does, so that a
+/// vmlinux can name the frames later despite KASLR: `memory_start` and
+/// `memory_limit` are the runtime `_stext` and `_etext`, and `file_offset`
+/// is the runtime `_stext` again (perf's pgoff for the kernel map). pprof
+/// reads a kernel mapping whose offset equals its start this way, with
+/// `_stext` its default relocation symbol. When kallsyms hides addresses,
+/// the mapping spans everything and the frames can only be named from a
+/// kallsyms copy.
 pub(crate) fn add_kernel_mapping(b: &mut ProfileBuilder, symbolizer: Option<&Symbolizer>) -> u64 {
-    let (start, limit) = symbolizer
-        .and_then(Symbolizer::kernel_range)
-        .unwrap_or((0, u64::MAX));
+    let (start, limit, offset) = match symbolizer.and_then(Symbolizer::kernel_range) {
+        Some((start, limit)) => (start, limit, 0),
+        None => match crate::symbolize::kernel::text_range() {
+            Some((stext, etext)) => (stext, etext, stext),
+            None => (0, u64::MAX, 0),
+        },
+    };
     let build_id = crate::symbolize::kernel::build_id().unwrap_or_default();
     let m = Mapping {
         memory_start: start,
         memory_limit: limit,
+        file_offset: offset,
         filename: b.intern(KERNEL_MAPPING),
         build_id: b.intern(&build_id),
         ..Mapping::default()

@@ -2,7 +2,9 @@
 //! `--no-symbolize`) on another machine, from files found by build ID.
 //!
 //! The same code paths as live mode do the naming; this module only finds
-//! the files and rewrites the profile's locations.
+//! the files and rewrites the profile's locations. Kernel frames are named
+//! from a vmlinux (KASLR slide taken off, build ID checked) and, for what
+//! it does not cover, from a kallsyms copy.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -10,10 +12,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::encode::{line, MappingFlags, KERNEL_MAPPING};
-use crate::pprof::{self, Line, Profile, ProfileBuilder};
+use crate::pprof::{self, Line, Mapping, Profile, ProfileBuilder};
 use crate::symbolize::elf::ElfSymbolizer;
 use crate::symbolize::kernel::Kallsyms;
 use crate::symbolize::locate::{Found, Locator};
+use crate::symbolize::vmlinux::{self, Vmlinux};
 use crate::symbolize::{Frame, SymbolFile, Symbolizer};
 
 /// Arguments of `rprof-bpf symbolize`.
@@ -34,6 +37,10 @@ pub struct SymbolizeArgs {
     /// A copy of the capturing node's /proc/kallsyms, to name kernel frames.
     #[arg(long, value_name = "FILE")]
     pub kallsyms: Option<PathBuf>,
+    /// The capturing node's kernel image (ELF with symbols), to name kernel
+    /// frames; used only if its build ID matches the profile's kernel.
+    #[arg(long, value_name = "FILE")]
+    pub vmlinux: Option<PathBuf>,
 }
 
 /// What happened to one mapping.
@@ -45,6 +52,9 @@ pub struct MappingReport {
     /// profile's own symbols.
     pub found: Option<Found>,
     pub already: bool,
+    /// What else the summary should say: the KASLR slide, or why a file
+    /// was refused.
+    pub notes: Vec<String>,
     pub named: usize,
     pub locations: usize,
 }
@@ -60,10 +70,13 @@ pub fn run(args: &SymbolizeArgs) -> Result<()> {
         }
         None => None,
     };
+    // Opened before anything is written: a bad --vmlinux is a usage error.
+    let vmlinux = args.vmlinux.as_deref().map(Vmlinux::open).transpose()?;
     let mut locator = Locator::new(args.debug_dirs.clone(), args.binary_dirs.clone());
     let mut symbolizer =
         Symbolizer::with_parts(ElfSymbolizer::with_debug_dirs(&args.debug_dirs), kallsyms);
-    let (profile, reports) = symbolize_profile(profile, &mut locator, &mut symbolizer);
+    let (profile, reports) =
+        symbolize_profile(profile, &mut locator, &mut symbolizer, vmlinux.as_ref());
     pprof::write_file_atomic(&args.output, &pprof::encode_gzip(&profile))
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     for r in &reports {
@@ -85,13 +98,19 @@ fn describe(r: &MappingReport) -> String {
         format!("build ID {}", r.build_id)
     };
     let status = match (&r.found, r.already) {
-        (_, true) => "already symbolized".to_owned(),
-        (Some(f), _) => format!("found {} ({})", f.path.display(), f.how),
-        (None, _) => "not found".to_owned(),
+        (_, true) => Some("already symbolized".to_owned()),
+        (Some(f), _) => Some(format!("found {} ({})", f.path.display(), f.how)),
+        // A note (a refused file) says more than "not found".
+        (None, _) if !r.notes.is_empty() => None,
+        (None, _) => Some("not found".to_owned()),
     };
+    let parts: Vec<String> = status.into_iter().chain(r.notes.clone()).collect();
     format!(
-        "  {} [{id}]: {status}; {}/{} locations named",
-        r.filename, r.named, r.locations
+        "  {} [{id}]: {}; {}/{} locations named",
+        r.filename,
+        parts.join("; "),
+        r.named,
+        r.locations
     )
 }
 
@@ -101,6 +120,7 @@ pub fn symbolize_profile(
     profile: Profile,
     locator: &mut Locator,
     symbolizer: &mut Symbolizer,
+    vmlinux: Option<&Vmlinux>,
 ) -> (Profile, Vec<MappingReport>) {
     // A location that is some sample's leaf holds the sampled PC; all others
     // hold return addresses, looked up one byte earlier (as live mode does).
@@ -126,6 +146,7 @@ pub fn symbolize_profile(
             build_id: build_id.clone(),
             found: None,
             already: m.has_functions,
+            notes: Vec::new(),
             named: 0,
             locations: locs.len(),
         };
@@ -154,10 +175,8 @@ pub fn symbolize_profile(
             })
             .collect();
         let frames: Vec<Vec<Frame>> = if filename == KERNEL_MAPPING {
-            lookups
-                .iter()
-                .map(|&(_, a)| symbolizer.kernel(a).into_iter().collect())
-                .collect()
+            let addrs: Vec<u64> = lookups.iter().map(|&(_, a)| a).collect();
+            kernel_frames(m, &build_id, &addrs, vmlinux, symbolizer, &mut report)
         } else {
             report.found = locator.find(&build_id, &filename);
             let file = report
@@ -196,4 +215,62 @@ pub fn symbolize_profile(
         reports.push(report);
     }
     (b.finish(), reports)
+}
+
+/// Names kernel addresses (return addresses already moved into their call):
+/// from the vmlinux for those inside the recorded kernel text, if its build
+/// ID matches; from kallsyms for the rest (modules, BPF, or everything when
+/// there is no usable vmlinux). Unnamed addresses get no frames.
+fn kernel_frames(
+    m: &Mapping,
+    build_id: &str,
+    addrs: &[u64],
+    vmlinux: Option<&Vmlinux>,
+    symbolizer: &mut Symbolizer,
+    report: &mut MappingReport,
+) -> Vec<Vec<Frame>> {
+    let mut frames = vec![Vec::new(); addrs.len()];
+    if let Some(v) = vmlinux {
+        match v.slide_for(m, build_id) {
+            Ok(slide) => {
+                report.found = Some(Found {
+                    path: v.file.path.clone(),
+                    how: "--vmlinux",
+                });
+                report
+                    .notes
+                    .push(format!("KASLR slide {}", vmlinux::format_slide(slide)));
+                let text = m.memory_start..m.memory_limit;
+                let inside: Vec<usize> = (0..addrs.len())
+                    .filter(|&i| text.contains(&addrs[i]))
+                    .collect();
+                let vaddrs: Vec<u64> = inside
+                    .iter()
+                    .map(|&i| addrs[i].wrapping_sub(slide as u64))
+                    .collect();
+                for (i, f) in inside
+                    .into_iter()
+                    .zip(symbolizer.symbolize_file(&v.file, &vaddrs))
+                {
+                    frames[i] = f;
+                }
+            }
+            Err(why) => report.notes.push(why),
+        }
+    }
+    let mut from_kallsyms = 0;
+    for (f, &a) in frames.iter_mut().zip(addrs) {
+        if f.is_empty() {
+            if let Some(k) = symbolizer.kernel(a) {
+                *f = vec![k];
+                from_kallsyms += 1;
+            }
+        }
+    }
+    if from_kallsyms > 0 {
+        report
+            .notes
+            .push(format!("{from_kallsyms} named from --kallsyms"));
+    }
+    frames
 }

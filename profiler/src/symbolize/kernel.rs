@@ -72,6 +72,52 @@ impl Kallsyms {
     }
 }
 
+/// The running kernel's text as runtime addresses: `_stext` and `_etext`.
+///
+/// A raw profile records these so that kernel frames can be named later
+/// from a vmlinux whose symbols sit at link-time addresses: the KASLR slide
+/// is runtime `_stext` minus the vmlinux's `_stext`. Only two symbols are
+/// needed, so kallsyms is scanned without building the symbol table, and
+/// the answer is kept: kernel text does not move while we run. `None` when
+/// the addresses are hidden (kptr_restrict) or the symbols are missing.
+pub fn text_range() -> Option<(u64, u64)> {
+    static RANGE: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    *RANGE.get_or_init(|| {
+        let f = std::fs::File::open("/proc/kallsyms").ok()?;
+        text_range_from(std::io::BufReader::with_capacity(1 << 16, f))
+    })
+}
+
+/// Finds `_stext` and `_etext` in kallsyms text, stopping at the later one.
+/// Lines are compared as bytes: nearly all of them are other symbols, and
+/// splitting each into fields would cost more than the kernel takes to
+/// print them.
+fn text_range_from(mut r: impl std::io::BufRead) -> Option<(u64, u64)> {
+    let (mut stext, mut etext) = (None, None);
+    let mut line = Vec::with_capacity(256);
+    while stext.is_none() || etext.is_none() {
+        line.clear();
+        if r.read_until(b'\n', &mut line).ok()? == 0 {
+            break;
+        }
+        let l = line.strip_suffix(b"\n").unwrap_or(&line);
+        let slot = if l.ends_with(b" _stext") {
+            &mut stext
+        } else if l.ends_with(b" _etext") {
+            &mut etext
+        } else {
+            continue;
+        };
+        let addr = l.split(|&b| b == b' ').next()?;
+        *slot = std::str::from_utf8(addr)
+            .ok()
+            .and_then(|a| u64::from_str_radix(a, 16).ok())
+            .filter(|&a| a != 0);
+    }
+    let (s, e) = (stext?, etext?);
+    (s < e).then_some((s, e))
+}
+
 /// The running kernel's GNU build ID, from `/sys/kernel/notes`.
 pub fn build_id() -> Option<String> {
     let notes = std::fs::read("/sys/kernel/notes").ok()?;
@@ -111,6 +157,29 @@ mod tests {
         assert_eq!(k.lookup(0xffffffff81000300).unwrap().function, "other");
         assert!(k.lookup(0x1000).is_none());
         assert_eq!(k.range(), Some((0xffffffff81000000, 0xffffffff81000300)));
+    }
+
+    #[test]
+    fn text_range_needs_both_ends() {
+        let text = "ffffffff81000000 T srso_alias\nffffffff81000000 T _stext\nffffffff81000100 t f\nffffffff82000000 T _etext\nffffffffa0000000 t m [mod]\n";
+        assert_eq!(
+            text_range_from(text.as_bytes()),
+            Some((0xffffffff81000000, 0xffffffff82000000))
+        );
+        assert_eq!(text_range_from(&text.as_bytes()[..60]), None);
+        let hidden = "0000000000000000 T _stext\n0000000000000000 T _etext\n";
+        assert_eq!(text_range_from(hidden.as_bytes()), None);
+        let live = text_range().expect("_stext and _etext in /proc/kallsyms");
+        // Core kernel functions lie inside; the text is megabytes long.
+        let k = Kallsyms::load().expect("/proc/kallsyms readable as root");
+        let inside = |name: &str| {
+            k.syms.iter().any(|s| {
+                &k.names[s.1 as usize..(s.1 + s.2) as usize] == name
+                    && (live.0..live.1).contains(&s.0)
+            })
+        };
+        assert!(inside("schedule") && inside("ksys_write"), "{live:x?}");
+        assert!(live.1 - live.0 > 1 << 20, "{live:x?}");
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! Each unique (binary, offset) is resolved once, in batches per binary. Go
 //! binaries go to our own `.gopclntab` reader ([`go`]); everything else, and
 //! the C parts of cgo binaries, to blazesym ([`elf`]); kernel addresses to
-//! kallsyms ([`kernel`]).
+//! kallsyms ([`kernel`]), or offline to a vmlinux through blazesym once the
+//! KASLR slide is taken off ([`vmlinux`]).
 
 pub mod elf;
 pub mod go;
 pub mod kernel;
 pub mod locate;
+pub mod vmlinux;
 
 /// One function at one source position. A location's frames come innermost
 /// first; all but the last are inlined into the last.
