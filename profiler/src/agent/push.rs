@@ -322,6 +322,7 @@ mod tests {
             id: 1,
             pid: 42,
             start_ticks: 1,
+            start_ns: 1,
             comm: comm.into(),
             exe: exe.into(),
             labels,

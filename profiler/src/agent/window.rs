@@ -43,6 +43,10 @@ pub struct ProcMeta {
     /// Start time in clock ticks since boot (`/proc/PID/stat` field 22);
     /// 0 when the process was gone before we could read it.
     pub start_ticks: u64,
+    /// Start time as the BPF program reads it (`task->start_time` of the
+    /// main thread, CLOCK_MONOTONIC ns): what each sample carries, so a
+    /// reused pid is told apart at its first sample.
+    pub start_ns: u64,
     /// Process name (`/proc/PID/comm`, else the sampled thread's name).
     pub comm: String,
     /// Executable path as the process sees it; empty if unknown.
@@ -309,7 +313,19 @@ impl Window {
     /// The process a sample belongs to, registering it on first sight.
     fn proc_for(&mut self, s: &Sample) -> ProcId {
         if let Some(&id) = self.by_pid.get(&s.pid) {
-            return id;
+            let Some(p) = self.procs.get(&id) else {
+                return id;
+            };
+            if p.meta.start_ns == s.start_ns {
+                return id;
+            }
+            // Another start time under this pid: the pid was reused before
+            // the old process's pidfd was polled. Retire the old one now,
+            // so the new one gets its own state.
+            if matches!(p.life, Life::Live(_)) {
+                self.mark_exited(id);
+            }
+            self.by_pid.remove(&s.pid);
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
@@ -343,6 +359,7 @@ impl Window {
             id,
             pid: s.pid,
             start_ticks: start.unwrap_or(0),
+            start_ns: s.start_ns,
             comm,
             exe,
             labels,
@@ -837,6 +854,27 @@ mod tests {
         assert!(
             w.select(&other, 0, u64::MAX).stacks.is_empty(),
             "another start time is another process"
+        );
+    }
+
+    #[test]
+    fn a_new_start_time_under_a_known_pid_is_a_new_process() {
+        let me = std::process::id();
+        let mut w = window(Duration::from_secs(3600), usize::MAX);
+        let now = mono_now();
+        w.add(&sample(me, now, &[0x10]));
+        let first = w.by_pid[&me];
+        let mut reused = sample(me, now + 1, &[0x10]);
+        reused.start_ns = 2;
+        w.add(&reused);
+        let second = w.by_pid[&me];
+        assert_ne!(first, second, "the reused pid got its own process");
+        assert!(matches!(w.procs[&first].life, Life::Exited(_)));
+        assert_eq!(w.procs[&second].meta.start_ns, 2);
+        assert_eq!(
+            w.sizes().3,
+            2,
+            "the same stack of two processes is two stacks"
         );
     }
 
