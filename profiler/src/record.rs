@@ -169,8 +169,9 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
     let unwind_stats = unwinder.and_then(TableWorker::finish);
     if let (Some(st), false) = (unwind_stats, opts.quiet) {
         eprintln!(
-            "unwind tables: {} binaries, {} of {} rows ({:.1} MiB), {} processes, built in {} ms",
+            "unwind tables: {} binaries ({:.1} MiB of code), {} of {} rows ({:.1} MiB), {} processes, built in {} ms",
             st.binaries,
+            st.text_bytes as f64 / (1024.0 * 1024.0),
             st.rows,
             st.capacity,
             f64::from(st.rows) * 16.0 / (1024.0 * 1024.0),

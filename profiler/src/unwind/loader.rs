@@ -45,7 +45,8 @@ pub struct UnwindStats {
     pub too_big: Vec<String>,
     /// Time spent compiling tables and copying rows.
     pub build_time: Duration,
-    /// Bytes of `.text` covered (executable mapping sizes), for cost per MB.
+    /// Bytes of code the tables cover (the executable mapping of each
+    /// binary given a table), for the cost per MB of text.
     pub text_bytes: u64,
 }
 
@@ -193,10 +194,16 @@ impl Unwinder {
         let mut n = 0;
         for m in req.maps.iter().take(MAX_PROC_MAPS) {
             let (row_start, row_count) = match &m.binary {
-                Some((key, data, name)) => self.table(*key, data.as_ref(), name).unwrap_or((0, 0)),
+                Some((key, data, name)) => {
+                    let fresh = !self.tables.contains_key(key);
+                    let placed = self.table(*key, data.as_ref(), name);
+                    if fresh && placed.is_some() {
+                        self.stats.text_bytes += m.end - m.start;
+                    }
+                    placed.unwrap_or((0, 0))
+                }
                 None => (0, 0),
             };
-            self.stats.text_bytes += m.end - m.start;
             info.maps[n] = ProcMap {
                 start: m.start,
                 end: m.end,
