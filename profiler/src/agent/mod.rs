@@ -22,6 +22,7 @@
 
 pub mod files;
 pub mod http;
+pub mod kubeapi;
 pub mod labels;
 pub mod metrics;
 pub mod profile;
@@ -114,9 +115,34 @@ pub struct AgentArgs {
     /// The kubelet's container log links (<pod>_<namespace>_<container>-<id>.log).
     #[arg(long, default_value = "/var/log/containers")]
     pub containers_log_dir: PathBuf,
-    /// Node name for pushed labels; defaults to $NODE_NAME, else the host name.
+    /// Node name for pushed labels and --kube-api; defaults to $NODE_NAME
+    /// (set it from the downward API), else the host name (not for --kube-api).
     #[arg(long)]
     pub node_name: Option<String>,
+    /// Fall back to the Kubernetes API server for pod and container names
+    /// the kubelet's directories do not give: list this node's pods (needs
+    /// RBAC to list pods, and the service account token mounted).
+    #[arg(long)]
+    pub kube_api: bool,
+    /// API server base URL; implies --kube-api. Default:
+    /// https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
+    #[arg(long, value_name = "URL")]
+    pub kube_api_url: Option<String>,
+    /// Bearer token for the API server (re-read before every request).
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub kube_token_file: PathBuf,
+    /// CA bundle the API server's certificate must chain to (https).
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    pub kube_ca_file: PathBuf,
+    /// Shortest time between two pod lists: misses within it share one list.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub kube_api_interval: Duration,
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
     pub ring_size: u32,
@@ -331,6 +357,7 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
         None => None,
     };
     let headers = push_headers(&args.push_header)?;
+    let kube_api = kube_api_config(args).map_err(UsageError)?;
     preflight::check_frequency(args.frequency).map_err(preflight_error)?;
     preflight::check_privileges().map_err(preflight_error)?;
     preflight::check_kernel().map_err(preflight_error)?;
@@ -348,7 +375,40 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    rt.block_on(agent_main(args, token, push, headers))
+    rt.block_on(agent_main(args, token, push, headers, kube_api))
+}
+
+/// The API server fallback's settings, if `--kube-api` or `--kube-api-url`
+/// asks for it; every file it needs is checked now.
+fn kube_api_config(args: &AgentArgs) -> Result<Option<kubeapi::ApiConfig>, String> {
+    if !args.kube_api && args.kube_api_url.is_none() {
+        return Ok(None);
+    }
+    let base = match &args.kube_api_url {
+        Some(u) => kubeapi::parse_base(u)?,
+        None => kubeapi::ApiConfig::in_cluster_url(
+            std::env::var("KUBERNETES_SERVICE_HOST").ok(),
+            std::env::var("KUBERNETES_SERVICE_PORT").ok(),
+        )?,
+    };
+    // The host name is often not the node's name in the API: no guessing.
+    let node = args
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.is_empty())
+        .ok_or(
+            "--kube-api needs the node's name: --node-name, or NODE_NAME from the downward API (fieldRef spec.nodeName)",
+        )?;
+    let cfg = kubeapi::ApiConfig {
+        base,
+        node,
+        token_file: args.kube_token_file.clone(),
+        ca_file: Some(args.kube_ca_file.clone()),
+        interval: args.kube_api_interval,
+    };
+    cfg.check_files()?;
+    Ok(Some(cfg))
 }
 
 fn preflight_error(e: PreflightError) -> anyhow::Error {
@@ -376,6 +436,7 @@ async fn agent_main(
     token: Option<String>,
     push_url: Option<reqwest::Url>,
     headers: reqwest::header::HeaderMap,
+    kube_api: Option<kubeapi::ApiConfig>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -425,7 +486,15 @@ async fn agent_main(
         })
         .unwrap_or_default();
     let want_windows = args.push_url.is_some() || args.output_dir.is_some();
-    let kube = labels::Kubelet::new(args.pods_log_dir.clone(), args.containers_log_dir.clone());
+    let mut kube = labels::Kubelet::new(args.pods_log_dir.clone(), args.containers_log_dir.clone());
+    let kube_api = match kube_api {
+        Some(cfg) => {
+            let api = Arc::new(kubeapi::KubeApi::new(cfg, counters.clone())?);
+            kube = kube.with_api(api.clone());
+            Some(api)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         window: Mutex::new(Window::new(
             args.retain,
@@ -464,6 +533,11 @@ async fn agent_main(
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(http::serve(listener, shared.clone(), stop_rx.clone()));
     tokio::spawn(janitor(shared.clone(), stop_rx.clone()));
+    if let Some(api) = kube_api {
+        let s = shared.clone();
+        let relabel = move || lock(&s.window).relabel();
+        tokio::spawn(kubeapi::refresher(api, relabel, stop_rx.clone()));
+    }
     let windows = (shared.pusher.is_some() || shared.files.is_some())
         .then(|| tokio::spawn(window_loop(shared.clone(), args.window, stop_rx.clone())));
     // Pushers stop last, after the final window is queued.
