@@ -20,6 +20,9 @@ pub struct Counters {
     pub symbol_cache_misses: AtomicU64,
     /// Times the symbol cache was emptied because it reached its entry cap.
     pub symbol_cache_evictions: AtomicU64,
+    /// Times the parsed symbol tables and debug info were dropped for
+    /// outgrowing their memory budget.
+    pub symbolizer_resets: AtomicU64,
     pub binaries_closed: AtomicU64,
     pub push_success: AtomicU64,
     pub push_failures: AtomicU64,
@@ -202,6 +205,12 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
         "rprof_agent_symbol_cache_evictions_total",
         "Times the symbolization cache was emptied at its cap.",
         &c.symbol_cache_evictions,
+    );
+    ctr(
+        &mut o,
+        "rprof_agent_symbolizer_resets_total",
+        "Times parsed symbol tables and debug info were dropped at their memory budget.",
+        &c.symbolizer_resets,
     );
     ctr(
         &mut o,

@@ -75,6 +75,11 @@ pub struct AgentArgs {
     /// Cap on symbolized addresses kept in the cache.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub symbol_cache_entries: u64,
+    /// Memory that parsed symbol tables and debug info may keep between
+    /// symbolizations; beyond it they are dropped and parsed again when
+    /// needed (less memory, more CPU).
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub symbolizer_memory: u64,
     /// Length of the push and file windows (e.g. 15s).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub window: Duration,
@@ -143,9 +148,10 @@ pub struct AgentArgs {
     /// Shortest time between two pod lists: misses within it share one list.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub kube_api_interval: Duration,
-    /// Ring buffer size in KiB (a power of two, at least 4).
-    #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
-    pub ring_size: u32,
+    /// Ring buffer size in KiB (a power of two, at least 4). Default: 2 s
+    /// of samples from every CPU (1 MiB at 100 Hz on 2 CPUs).
+    #[arg(long, value_parser = parse_ring_kib)]
+    pub ring_size: Option<u32>,
 }
 
 /// A bad combination of options: exit code 2.
@@ -467,7 +473,10 @@ async fn agent_main(
         frequency: args.frequency,
         event: args.event,
         kernel: !args.user_only,
-        ring_bytes: args.ring_size * 1024,
+        ring_bytes: args.ring_size.map_or_else(
+            || crate::record::ring_bytes_for(args.frequency, RING_MILLIS),
+            |kib| kib * 1024,
+        ),
         // Unwind tables are bump-allocated for a bounded capture; the agent
         // runs forever, so it walks frame pointers.
         unwind: crate::capture::Unwind::Fp,
@@ -504,12 +513,13 @@ async fn agent_main(
             counters.clone(),
         )),
         sym: {
-            let (cap, kernel, c) = (
+            let (cap, kernel, budget, c) = (
                 args.symbol_cache_entries as usize,
                 !args.user_only,
+                usize::try_from(args.symbolizer_memory).unwrap_or(usize::MAX),
                 counters.clone(),
             );
-            SymThread::spawn(move || Sym::new(cap, kernel, c))
+            SymThread::spawn(move || Sym::new(cap, kernel, budget, c))
                 .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?
         },
         counters,
@@ -674,11 +684,27 @@ fn janitor_pass(shared: &Shared, sym: &mut Sym, prune: bool, high_water: usize) 
     (had, high_water.max(bytes))
 }
 
+/// Bytes handed out by the allocator, in every arena and in blocks it
+/// mapped on its own; `None` where glibc is not there to say.
+pub(crate) fn heap_in_use() -> Option<usize> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 has no preconditions; it only reads the
+        // allocator's statistics under its locks.
+        let m = unsafe { libc::mallinfo2() };
+        Some(m.uordblks.saturating_add(m.hblkhd))
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        None
+    }
+}
+
 /// Hands freed heap memory back to the system. glibc keeps what a burst of
 /// short-lived processes made us allocate (per-thread arenas), so without
 /// this the agent's RSS would stay at its high-water mark after the burst
 /// has aged out of the window.
-fn trim_heap() {
+pub(crate) fn trim_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions.
     unsafe {
@@ -801,6 +827,12 @@ fn window_job(shared: &Shared, sym: &mut Sym, t0: u64, t1: u64, lost: u64) {
         files.rotate();
     }
 }
+
+/// Samples the ring buffer holds by default, in ms of every CPU at the
+/// sampling rate: the capture loop drains it every 200 ms, and a few
+/// times that covers a moment when its runtime is busy. Larger costs
+/// twice its size in RSS for nothing (the pages are mapped twice).
+const RING_MILLIS: u64 = 2000;
 
 /// How long a stopping agent keeps pushing queued profiles.
 const SHUTDOWN_PUSH_GRACE: Duration = Duration::from_secs(5);
