@@ -684,9 +684,21 @@ fn janitor_pass(shared: &Shared, sym: &mut Sym, prune: bool, high_water: usize) 
     (had, high_water.max(bytes))
 }
 
+/// What symbolizing a binary makes us hold: its parsed state on the heap,
+/// and the pages of its debug sections, read through a mapping of the
+/// file, in our RSS (`/proc/self/statm`'s resident shared pages). `None`
+/// where either cannot be read.
+pub(crate) fn memory_in_use() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(2)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    heap_in_use()?.checked_add(pages.checked_mul(page)?)
+}
+
 /// Bytes handed out by the allocator, in every arena and in blocks it
 /// mapped on its own; `None` where glibc is not there to say.
-pub(crate) fn heap_in_use() -> Option<usize> {
+fn heap_in_use() -> Option<usize> {
     #[cfg(target_env = "gnu")]
     {
         // SAFETY: mallinfo2 has no preconditions; it only reads the

@@ -85,11 +85,11 @@ pub struct Sym {
     cache: HashMap<BinaryKey, HashMap<u64, Arc<[Frame]>>>,
     entries: usize,
     cap: usize,
-    /// Heap the `user` symbolizer grew by since it was created.
+    /// Memory the `user` symbolizer grew by since it was created.
     parsed: usize,
-    /// Heap that blazesym's parsed files (symbol tables sorted by address,
-    /// DWARF units and line programs, decompressed debug sections) may
-    /// hold between batches. Our own cache keeps every result, so that
+    /// Memory that blazesym's parsed files (symbol tables sorted by
+    /// address, DWARF units and line programs, decompressed debug sections,
+    /// and the file pages it read them from) may hold between batches. Our own cache keeps every result, so that
     /// state only saves a re-parse when new addresses of the same binary
     /// come; a node running large binaries with debug info (compilers, C++
     /// services) would otherwise keep tens of MB of it for every binary
@@ -170,9 +170,9 @@ impl Sym {
         file: &SymbolFile,
         vaddrs: &[u64],
     ) -> (Vec<Frames>, bool) {
-        let before = super::heap_in_use();
+        let before = super::memory_in_use();
         let found = self.user.symbolize_file(file, vaddrs);
-        let grown = match (before, super::heap_in_use()) {
+        let grown = match (before, super::memory_in_use()) {
             (Some(b), Some(a)) => a.saturating_sub(b),
             // No way to tell: assume the worst, keep nothing.
             _ => usize::MAX,
