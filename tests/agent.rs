@@ -1016,3 +1016,355 @@ fn output_dir_rotation_respects_max_disk() {
     assert_eq!(pids(&p), [i64::from(target.pid())].into());
     assert!(flat_share(&p, "hot_inner") > 0.9);
 }
+
+/// One request to the test's Kubernetes API server.
+#[derive(Clone, Debug)]
+struct ApiReq {
+    status: u16,
+    path: String,
+    query: HashMap<String, String>,
+    authorization: String,
+}
+
+/// A Kubernetes API server stand-in for `GET /api/v1/pods`: 401 without
+/// `Bearer <token>`, 400 unless the field selector names `node`, 503 while
+/// `answer` is `None`, else `answer` as the PodList.
+fn fake_kube_api(
+    token: &'static str,
+    node: &'static str,
+    answer: Arc<Mutex<Option<String>>>,
+) -> (u16, Arc<Mutex<Vec<ApiReq>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<ApiReq>>> = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut request_line = String::new();
+            if r.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut authorization = String::new();
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).unwrap_or(0) == 0 {
+                    break;
+                }
+                let l = l.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once(':') {
+                    if k.eq_ignore_ascii_case("authorization") {
+                        authorization = v.trim().to_owned();
+                    }
+                }
+            }
+            let target = request_line.split(' ').nth(1).unwrap_or("").to_owned();
+            let (path, qs) = target.split_once('?').unwrap_or((&target, ""));
+            let query: HashMap<String, String> = qs
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+                .collect();
+            let (status, body) = if authorization != format!("Bearer {token}") {
+                (401, r#"{"kind":"Status","code":401}"#.to_owned())
+            } else if path != "/api/v1/pods"
+                || query.get("fieldSelector").map(String::as_str)
+                    != Some(&format!("spec.nodeName={node}"))
+            {
+                (400, r#"{"kind":"Status","code":400}"#.to_owned())
+            } else {
+                match answer.lock().unwrap().clone() {
+                    Some(list) => (200, list),
+                    None => (503, "etcdserver: leader changed".to_owned()),
+                }
+            };
+            seen2.lock().unwrap().push(ApiReq {
+                status,
+                path: path.to_owned(),
+                query,
+                authorization,
+            });
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+/// A PodList naming one pod with an `app` container (`id`) and a
+/// `sidecar`, as the API server returns it (fields the agent does not read
+/// included).
+fn pod_list(namespace: &str, name: &str, uid: &str, id: &str) -> String {
+    format!(
+        r#"{{"kind":"PodList","apiVersion":"v1","metadata":{{"resourceVersion":"4711"}},"items":[
+  {{"metadata":{{"name":"{name}","namespace":"{namespace}","uid":"{uid}","labels":{{"app":"cart"}}}},
+    "spec":{{"nodeName":"node-t","containers":[{{"name":"app","image":"cart:1"}},{{"name":"sidecar","image":"envoy"}}]}},
+    "status":{{"phase":"Running","podIP":"10.0.0.7",
+      "containerStatuses":[
+        {{"name":"sidecar","ready":true,"restartCount":0,"containerID":"containerd://{}"}},
+        {{"name":"app","ready":true,"restartCount":2,"containerID":"containerd://{id}","state":{{"running":{{"startedAt":"2026-11-22T00:00:00Z"}}}}}}]}}}}]}}"#,
+        "e".repeat(64)
+    )
+}
+
+/// A container ID unique to this test run.
+fn test_container_id(salt: u128) -> String {
+    format!(
+        "{:064x}",
+        u128::from(std::process::id()) * 0x9e37_79b9_7f4a_7c15 + salt
+    )
+}
+
+/// Polls `/metrics` until `ok` holds for it, or panics after `secs`.
+fn wait_metrics(agent: &Agent, secs: u64, what: &str, ok: impl Fn(&HashMap<String, f64>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let m = agent.metrics(&[]);
+        if ok(&m) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached in {secs} s\nmetrics: {:?}\nagent:\n{}",
+            m.iter()
+                .filter(|(k, _)| k.contains("kube"))
+                .collect::<Vec<_>>(),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every sample of `p` carries these pod labels.
+fn assert_pod_labels(p: &Profile, id: &str, namespace: &str, pod: &str, container: &str) {
+    assert!(!p.sample.is_empty());
+    for s in &p.sample {
+        assert_eq!(str_label(p, s, "container_id"), Some(id));
+        assert_eq!(str_label(p, s, "namespace"), Some(namespace));
+        assert_eq!(str_label(p, s, "pod"), Some(pod));
+        assert_eq!(str_label(p, s, "container"), Some(container));
+    }
+}
+
+#[test]
+fn kube_api_fallback_names_pods_the_kubelet_dirs_do_not() {
+    let _lock = capture_lock();
+    // Usage errors first: the fallback never starts half-configured.
+    let o = record(&["agent", "--kube-api", "--node-name", "n"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("KUBERNETES_SERVICE_HOST"));
+    let o = record(&[
+        "agent",
+        "--kube-api-url",
+        "http://127.0.0.1:1",
+        "--node-name",
+        "n",
+        "--kube-token-file",
+        "/nonexistent/token",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/token"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin_binary(dir.path());
+    let uid = "7c2d4e6f-1a3b-4c5d-9e8f-0a1b2c3d4e5f";
+    let id = test_container_id(11);
+    // A second pod the API does not list, whose processes come and go:
+    // each one is a miss, and misses must not turn into a list each.
+    let other_uid = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9";
+    let other_id = test_container_id(12);
+    let Some(cg) = TestCgroup::create(uid, &id) else {
+        return;
+    };
+    let Some(other_cg) = TestCgroup::create(other_uid, &other_id) else {
+        return;
+    };
+    let answer = Arc::new(Mutex::new(Some(pod_list("shop", "cart-api-0", uid, &id))));
+    let (api_port, api_seen) = fake_kube_api("k8s-t0ken", "node-t", answer);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "k8s-t0ken\n").unwrap();
+    // Empty kubelet directories: every name must come from the API.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+
+    let mut inside = spin(&exe, 40);
+    cg.add(inside.pid());
+    let interval = 3.0;
+    let started = Instant::now();
+    let agent = Agent::start(&[
+        "--kube-api-url",
+        &format!("http://127.0.0.1:{api_port}"),
+        "--kube-token-file",
+        token_file.to_str().unwrap(),
+        "--kube-api-interval",
+        "3s",
+        "--node-name",
+        "node-t",
+        "--pods-log-dir",
+        empty.to_str().unwrap(),
+        "--containers-log-dir",
+        empty.to_str().unwrap(),
+    ]);
+    wait_metrics(&agent, 20, "first pod list", |m| {
+        m["rprof_agent_kube_api_pods"] == 1.0
+    });
+
+    let port = agent.port;
+    let ask = |q: String| std::thread::spawn(move || http_get(port, &q, &[]));
+    let by_pod = ask("/debug/pprof/profile?pod=shop/cart-api-0&seconds=3".into());
+    let by_id = ask(format!("/debug/pprof/profile?container={id}&seconds=3"));
+    // Short-lived busy processes in the unlisted pod, during the profiles.
+    let churn = Command::new("sh")
+        .args([
+            "-c",
+            "sleep 0.3; for i in $(seq 40); do sh -c 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done'; done",
+        ])
+        .spawn()
+        .unwrap();
+    other_cg.add(churn.id());
+    let (by_pod, by_id) = (
+        by_pod.join().unwrap().profile(),
+        by_id.join().unwrap().profile(),
+    );
+    let mut churn = churn;
+    assert!(churn.wait().unwrap().success());
+    let m = agent.metrics(&[]);
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let want = [i64::from(inside.pid())].into();
+    assert_eq!(pids(&by_pod), want, "pod=shop/cart-api-0 is the fixture");
+    assert_eq!(pids(&by_id), want);
+    assert!(total(&by_pod, 0) > 60, "{} samples", total(&by_pod, 0));
+    assert_pod_labels(&by_pod, &id, "shop", "cart-api-0", "app");
+    assert_pod_labels(&by_id, &id, "shop", "cart-api-0", "app");
+    assert_eq!(
+        agent
+            .get("/debug/pprof/profile?pod=shop/nope&seconds=1")
+            .status,
+        404
+    );
+
+    // Misses asked for lists, at most one per interval; every list was
+    // authorized and scoped to this node.
+    let requests = m["rprof_agent_kube_api_requests_total"];
+    let seen = api_seen.lock().unwrap().clone();
+    eprintln!(
+        "{requests} pod lists in {elapsed:.1} s with a {interval} s interval; processes seen {}",
+        m["rprof_agent_processes_seen_total"]
+    );
+    assert!(
+        requests >= 2.0,
+        "misses asked for a new list:\n{}",
+        agent.log()
+    );
+    assert!(
+        requests <= 2.0 + elapsed / interval,
+        "{requests} lists in {elapsed:.1} s: the interval was not kept"
+    );
+    assert_eq!(
+        m["rprof_agent_kube_api_failures_total"],
+        0.0,
+        "{}",
+        agent.log()
+    );
+    assert!(seen.len() as f64 >= requests);
+    for r in &seen {
+        assert_eq!((r.status, r.path.as_str()), (200, "/api/v1/pods"), "{r:?}");
+        assert_eq!(r.authorization, "Bearer k8s-t0ken");
+        assert_eq!(r.query["resourceVersion"], "0");
+    }
+    inside.child.kill().unwrap();
+    inside.wait();
+    drop(other_cg);
+    drop(cg);
+    agent.stop();
+}
+
+#[test]
+fn kube_api_down_is_not_fatal_and_labels_come_when_it_answers() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = spin_binary(dir.path());
+    let uid = "3a4b5c6d-7e8f-4091-a2b3-c4d5e6f70812";
+    let id = test_container_id(21);
+    let Some(cg) = TestCgroup::create(uid, &id) else {
+        return;
+    };
+    let answer: Arc<Mutex<Option<String>>> = Arc::default();
+    let (api_port, _) = fake_kube_api("t", "node-d", answer.clone());
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let mut inside = spin(&exe, 60);
+    cg.add(inside.pid());
+    let agent = Agent::start(&[
+        "--kube-api-url",
+        &format!("http://127.0.0.1:{api_port}"),
+        "--kube-token-file",
+        token_file.to_str().unwrap(),
+        "--kube-api-interval",
+        "1s",
+        "--node-name",
+        "node-d",
+        "--pods-log-dir",
+        empty.to_str().unwrap(),
+        "--containers-log-dir",
+        empty.to_str().unwrap(),
+    ]);
+
+    // The API answers 503: retried, counted, logged once; profiling goes on
+    // with the labels the cgroup gives.
+    wait_metrics(&agent, 30, "two failed lists", |m| {
+        m["rprof_agent_kube_api_failures_total"] >= 2.0
+    });
+    let p = agent
+        .get(&format!("/debug/pprof/profile?container={id}&seconds=2"))
+        .profile();
+    assert_eq!(pids(&p), [i64::from(inside.pid())].into());
+    assert!(total(&p, 0) > 60, "{} samples", total(&p, 0));
+    for s in &p.sample {
+        assert_eq!(str_label(&p, s, "container_id"), Some(id.as_str()));
+        assert_eq!(str_label(&p, s, "pod"), None);
+        assert_eq!(str_label(&p, s, "namespace"), None);
+    }
+    assert_eq!(
+        agent
+            .get("/debug/pprof/profile?pod=pay/ledger-1&seconds=1")
+            .status,
+        404
+    );
+    assert_eq!(agent.get("/healthz").status, 200);
+    let log = agent.log();
+    assert_eq!(
+        log.matches("cannot list the pods of node node-d").count(),
+        1,
+        "one message for the outage:\n{log}"
+    );
+    assert!(log.contains("HTTP 503"), "{log}");
+
+    // It comes back: the same process gets its names, without a restart.
+    *answer.lock().unwrap() = Some(pod_list("pay", "ledger-1", uid, &id));
+    wait_metrics(&agent, 30, "a list after the outage", |m| {
+        m["rprof_agent_kube_api_pods"] == 1.0
+    });
+    let p = agent
+        .get("/debug/pprof/profile?pod=pay/ledger-1&seconds=2")
+        .profile();
+    assert_eq!(pids(&p), [i64::from(inside.pid())].into());
+    assert_pod_labels(&p, &id, "pay", "ledger-1", "app");
+    assert!(agent.log().contains("the Kubernetes API answers again"));
+    inside.child.kill().unwrap();
+    inside.wait();
+    drop(cg);
+    agent.stop();
+}

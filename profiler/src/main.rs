@@ -28,7 +28,7 @@ enum Command {
     /// Name the frames of a raw (--no-symbolize) profile from files found by build ID.
     Symbolize(rprof_bpf::offline::SymbolizeArgs),
     /// Node agent: profile every process continuously; serve, push and write profiles.
-    Agent(rprof_bpf::agent::AgentArgs),
+    Agent(Box<rprof_bpf::agent::AgentArgs>),
 }
 
 #[derive(Args, Debug)]

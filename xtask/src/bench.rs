@@ -1,6 +1,9 @@
 //! `cargo xtask bench [--quick]`: overhead against `perf`, cost per sample,
-//! accuracy against Go's own profiler, and symbolization speed. Writes
-//! `BENCHMARKS.md`.
+//! accuracy against Go's own profiler, symbolization speed, unwinding and
+//! the node agent's cost. Writes `BENCHMARKS.md`.
+//!
+//! `cargo xtask bench --agent-only [--agent-seconds N]` runs only the agent
+//! case and prints its table (BENCHMARKS.md is left alone).
 //!
 //! The machine is noisy, so comparisons run their candidates in turns within
 //! one run, and report medians over the rounds and ratios.
@@ -13,6 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::deps::workspace_root;
+
+mod agent;
 
 /// What one measured command cost.
 #[derive(Clone, Copy, Debug, Default)]
@@ -147,6 +152,16 @@ fn bpf_cost_us(text: &str) -> Option<f64> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
+    let agent_only = args.iter().any(|a| a == "--agent-only");
+    let agent_secs = match args.iter().position(|a| a == "--agent-seconds") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&v| v >= 20)
+            .context("--agent-seconds takes a number of seconds, at least 20")?,
+        None if quick => 30,
+        None => 150,
+    };
     crate::deps::install()?;
     let root = workspace_root();
     sh(
@@ -174,12 +189,19 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let mut md = String::new();
     header(&mut md, quick)?;
+    if agent_only {
+        agent::agent(&env, &spin, agent_secs, &mut md)?;
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+        println!("{md}");
+        return Ok(());
+    }
     let rounds = if quick { 1 } else { 3 };
     overhead(&env, &spin, rounds, &mut md)?;
     per_sample(&env, &spin, rounds, if quick { 5 } else { 10 }, &mut md)?;
     accuracy(&env, if quick { 10 } else { 30 }, &mut md)?;
     symbolization(&env, quick, &mut md)?;
     unwinding(&env, &mut md)?;
+    agent::agent(&env, &spin, agent_secs, &mut md)?;
     if !quick {
         go_table(&env, &mut md)?;
     }

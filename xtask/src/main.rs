@@ -3,7 +3,8 @@
 //! - `cargo xtask bpf`: rebuild `profiler-ebpf/bpf/profile.bpf.o` with clang-19.
 //! - `cargo xtask test`: install test dependencies, then run every test
 //!   (what `.ci/run` calls).
-//! - `cargo xtask bench [--quick]`: run the benchmarks, write BENCHMARKS.md.
+//! - `cargo xtask bench [--quick]`: run the benchmarks, write BENCHMARKS.md
+//!   (`--agent-only [--agent-seconds N]`: only the node agent's cost, printed).
 
 mod bench;
 mod deps;
@@ -32,7 +33,9 @@ fn run() -> Result<()> {
         Some("deps") => deps::install(),
         Some("test") => test(),
         Some("bench") => bench::run(&args[1..]),
-        _ => bail!("usage: cargo xtask <bpf|deps|test|bench [--quick]>"),
+        _ => bail!(
+            "usage: cargo xtask <bpf|deps|test|bench [--quick] [--agent-only] [--agent-seconds N]>"
+        ),
     }
 }
 

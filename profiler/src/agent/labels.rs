@@ -6,10 +6,15 @@
 //! `/var/log/pods/<namespace>_<pod>_<uid>/<container>/`. The container's name
 //! comes from the kubelet's `/var/log/containers/<pod>_<namespace>_<container>-<id>.log`
 //! links, or from the pod directory when the pod has a single container.
+//! With `--kube-api`, what those leave unnamed is looked up in the pods the
+//! API server lists for this node ([`super::kubeapi`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use super::kubeapi::{KubeApi, PodIndex};
 
 /// Container and pod of one process; empty strings when not applicable.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -139,6 +144,20 @@ pub struct Kubelet {
     pods: HashMap<String, PodDir>,
     containers: HashMap<String, String>,
     last_scan: Option<Instant>,
+    api: Option<Arc<KubeApi>>,
+}
+
+/// Why a process's labels are incomplete after every source was asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// Complete, or nothing more to learn (a host process; a pod's sandbox
+    /// container, which no container status names).
+    None,
+    /// The API's last list knows neither its pod nor its container.
+    Unknown,
+    /// Its pod is listed but still starting containers: a later list will
+    /// name this one.
+    Starting,
 }
 
 /// How often the directories may be re-listed on a cache miss: a process
@@ -155,7 +174,15 @@ impl Kubelet {
             pods: HashMap::new(),
             containers: HashMap::new(),
             last_scan: None,
+            api: None,
         }
+    }
+
+    /// Falls back to the API server's pod list for what the directories
+    /// do not name.
+    pub fn with_api(mut self, api: Arc<KubeApi>) -> Self {
+        self.api = Some(api);
+        self
     }
 
     /// The labels of process `pid`, from its cgroup and the kubelet's log
@@ -167,21 +194,52 @@ impl Kubelet {
         self.labels_for(&parse_cgroup(&text))
     }
 
-    /// Labels for parsed cgroup ids.
+    /// Labels for parsed cgroup ids, at a process's first sight. A miss
+    /// asks the API server (if configured) for a new pod list, which comes
+    /// later: the window then calls [`Kubelet::relabel`].
     pub fn labels_for(&mut self, ids: &CgroupIds) -> Labels {
+        let (l, miss) = self.lookup(ids);
+        if let (Some(api), Miss::Unknown | Miss::Starting) = (&self.api, miss) {
+            api.miss();
+        }
+        l
+    }
+
+    /// Labels again for a process whose labels were incomplete, after a
+    /// new pod list came; does not ask for another one (the caller
+    /// decides from the returned miss).
+    pub fn relabel(&mut self, old: &Labels) -> (Labels, Miss) {
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        self.lookup(&CgroupIds {
+            container_id: nonempty(&old.container_id),
+            pod_uid: nonempty(&old.pod_uid),
+        })
+    }
+
+    /// The directories first, then the API's pod list.
+    fn lookup(&mut self, ids: &CgroupIds) -> (Labels, Miss) {
         let mut l = Labels {
             container_id: ids.container_id.clone().unwrap_or_default(),
             pod_uid: ids.pod_uid.clone().unwrap_or_default(),
             ..Labels::default()
         };
-        if l.pod_uid.is_empty() {
-            return l;
+        if !l.pod_uid.is_empty() {
+            self.fill_from_dirs(&mut l);
         }
+        let miss = match &self.api {
+            Some(api) if l.incomplete() => from_api(&api.index(), &mut l),
+            _ => Miss::None,
+        };
+        (l, miss)
+    }
+
+    /// Namespace, pod and container from the kubelet's log directories.
+    fn fill_from_dirs(&mut self, l: &mut Labels) {
         if !self.pods.contains_key(&l.pod_uid) || !self.containers.contains_key(&l.container_id) {
             self.rescan_if_due();
         }
         let Some(pod) = self.pods.get(&l.pod_uid).cloned() else {
-            return l;
+            return;
         };
         l.namespace = pod.namespace;
         l.pod = pod.pod;
@@ -189,7 +247,6 @@ impl Kubelet {
             Some(name) => name.clone(),
             None => single_container(&pod.dir).unwrap_or_default(),
         };
-        l
     }
 
     /// The UID of pod `namespace/name`, if a directory for it exists.
@@ -203,7 +260,10 @@ impl Kubelet {
             return Some(uid);
         }
         self.rescan_if_due();
-        find(&self.pods)
+        find(&self.pods).or_else(|| {
+            let idx = self.api.as_ref()?.index();
+            idx.find(namespace, name).map(str::to_owned)
+        })
     }
 
     fn rescan_if_due(&mut self) {
@@ -213,6 +273,47 @@ impl Kubelet {
         self.last_scan = Some(Instant::now());
         self.pods = scan_pods(&self.pods_dir);
         self.containers = scan_containers(&self.containers_dir);
+    }
+}
+
+impl Labels {
+    /// In a container or pod, but not fully named yet.
+    pub fn incomplete(&self) -> bool {
+        (self.namespace.is_empty() || self.container.is_empty())
+            && !(self.container_id.is_empty() && self.pod_uid.is_empty())
+    }
+}
+
+/// Fills what `l` lacks from the API's pod list: by container ID first
+/// (which also names static pods, whose cgroup carries no UUID), else by
+/// pod UID. Never overwrites what the directories said.
+fn from_api(idx: &PodIndex, l: &mut Labels) -> Miss {
+    let fill = |l: &mut Labels, ns: &str, pod: &str| {
+        if l.namespace.is_empty() {
+            l.namespace = ns.to_owned();
+            l.pod = pod.to_owned();
+        }
+    };
+    if let Some((c, p)) = idx.container(&l.container_id) {
+        fill(l, &p.namespace, &p.name);
+        if l.pod_uid.is_empty() {
+            l.pod_uid = c.pod_uid.clone();
+        }
+        if l.container.is_empty() {
+            l.container = c.container.clone();
+        }
+        return Miss::None;
+    }
+    match idx.pod(&l.pod_uid) {
+        Some(p) => {
+            fill(l, &p.namespace, &p.name);
+            if p.starting && l.container.is_empty() && !l.container_id.is_empty() {
+                Miss::Starting
+            } else {
+                Miss::None
+            }
+        }
+        None => Miss::Unknown,
     }
 }
 

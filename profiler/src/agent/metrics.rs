@@ -20,6 +20,9 @@ pub struct Counters {
     pub symbol_cache_misses: AtomicU64,
     /// Times the symbol cache was emptied because it reached its entry cap.
     pub symbol_cache_evictions: AtomicU64,
+    /// Times the parsed symbol tables and debug info were dropped for
+    /// outgrowing their memory budget.
+    pub symbolizer_resets: AtomicU64,
     pub binaries_closed: AtomicU64,
     pub push_success: AtomicU64,
     pub push_failures: AtomicU64,
@@ -35,6 +38,11 @@ pub struct Counters {
     pub requests_unauthorized: AtomicU64,
     pub requests_throttled: AtomicU64,
     pub connections_rejected: AtomicU64,
+    /// Pod lists asked of the Kubernetes API server (`--kube-api`).
+    pub kube_api_requests: AtomicU64,
+    pub kube_api_failures: AtomicU64,
+    /// Pods in the last list (a gauge, set by its owner).
+    pub kube_api_pods: AtomicU64,
 }
 
 impl Counters {
@@ -200,6 +208,12 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
     );
     ctr(
         &mut o,
+        "rprof_agent_symbolizer_resets_total",
+        "Times parsed symbol tables and debug info were dropped at their memory budget.",
+        &c.symbolizer_resets,
+    );
+    ctr(
+        &mut o,
         "rprof_agent_push_success_total",
         "Profiles accepted by the push backend.",
         &c.push_success,
@@ -284,6 +298,25 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
         "rprof_agent_connections_rejected_total",
         "Connections closed at once because every connection slot was taken.",
         &c.connections_rejected,
+    );
+    ctr(
+        &mut o,
+        "rprof_agent_kube_api_requests_total",
+        "Pod lists asked of the Kubernetes API server (--kube-api).",
+        &c.kube_api_requests,
+    );
+    ctr(
+        &mut o,
+        "rprof_agent_kube_api_failures_total",
+        "Pod lists that failed (network error, bad answer, HTTP error).",
+        &c.kube_api_failures,
+    );
+    metric(
+        &mut o,
+        "rprof_agent_kube_api_pods",
+        "gauge",
+        "Pods of this node in the last list from the API server.",
+        Counters::get(&c.kube_api_pods),
     );
     let (cpu, rss, fds) = own_usage();
     metric(

@@ -22,6 +22,7 @@
 
 pub mod files;
 pub mod http;
+pub mod kubeapi;
 pub mod labels;
 pub mod metrics;
 pub mod profile;
@@ -74,6 +75,11 @@ pub struct AgentArgs {
     /// Cap on symbolized addresses kept in the cache.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub symbol_cache_entries: u64,
+    /// Memory that parsed symbol tables and debug info may keep between
+    /// symbolizations; beyond it they are dropped and parsed again when
+    /// needed (less memory, more CPU).
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub symbolizer_memory: u64,
     /// Length of the push and file windows (e.g. 15s).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub window: Duration,
@@ -114,12 +120,38 @@ pub struct AgentArgs {
     /// The kubelet's container log links (<pod>_<namespace>_<container>-<id>.log).
     #[arg(long, default_value = "/var/log/containers")]
     pub containers_log_dir: PathBuf,
-    /// Node name for pushed labels; defaults to $NODE_NAME, else the host name.
+    /// Node name for pushed labels and --kube-api; defaults to $NODE_NAME
+    /// (set it from the downward API), else the host name (not for --kube-api).
     #[arg(long)]
     pub node_name: Option<String>,
-    /// Ring buffer size in KiB (a power of two, at least 4).
-    #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
-    pub ring_size: u32,
+    /// Fall back to the Kubernetes API server for pod and container names
+    /// the kubelet's directories do not give: list this node's pods (needs
+    /// RBAC to list pods, and the service account token mounted).
+    #[arg(long)]
+    pub kube_api: bool,
+    /// API server base URL; implies --kube-api. Default:
+    /// https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
+    #[arg(long, value_name = "URL")]
+    pub kube_api_url: Option<String>,
+    /// Bearer token for the API server (re-read before every request).
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub kube_token_file: PathBuf,
+    /// CA bundle the API server's certificate must chain to (https).
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    pub kube_ca_file: PathBuf,
+    /// Shortest time between two pod lists: misses within it share one list.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub kube_api_interval: Duration,
+    /// Ring buffer size in KiB (a power of two, at least 4). Default: 2 s
+    /// of samples from every CPU (1 MiB at 100 Hz on 2 CPUs).
+    #[arg(long, value_parser = parse_ring_kib)]
+    pub ring_size: Option<u32>,
 }
 
 /// A bad combination of options: exit code 2.
@@ -331,6 +363,7 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
         None => None,
     };
     let headers = push_headers(&args.push_header)?;
+    let kube_api = kube_api_config(args).map_err(UsageError)?;
     preflight::check_frequency(args.frequency).map_err(preflight_error)?;
     preflight::check_privileges().map_err(preflight_error)?;
     preflight::check_kernel().map_err(preflight_error)?;
@@ -348,7 +381,40 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    rt.block_on(agent_main(args, token, push, headers))
+    rt.block_on(agent_main(args, token, push, headers, kube_api))
+}
+
+/// The API server fallback's settings, if `--kube-api` or `--kube-api-url`
+/// asks for it; every file it needs is checked now.
+fn kube_api_config(args: &AgentArgs) -> Result<Option<kubeapi::ApiConfig>, String> {
+    if !args.kube_api && args.kube_api_url.is_none() {
+        return Ok(None);
+    }
+    let base = match &args.kube_api_url {
+        Some(u) => kubeapi::parse_base(u)?,
+        None => kubeapi::ApiConfig::in_cluster_url(
+            std::env::var("KUBERNETES_SERVICE_HOST").ok(),
+            std::env::var("KUBERNETES_SERVICE_PORT").ok(),
+        )?,
+    };
+    // The host name is often not the node's name in the API: no guessing.
+    let node = args
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.is_empty())
+        .ok_or(
+            "--kube-api needs the node's name: --node-name, or NODE_NAME from the downward API (fieldRef spec.nodeName)",
+        )?;
+    let cfg = kubeapi::ApiConfig {
+        base,
+        node,
+        token_file: args.kube_token_file.clone(),
+        ca_file: Some(args.kube_ca_file.clone()),
+        interval: args.kube_api_interval,
+    };
+    cfg.check_files()?;
+    Ok(Some(cfg))
 }
 
 fn preflight_error(e: PreflightError) -> anyhow::Error {
@@ -376,6 +442,7 @@ async fn agent_main(
     token: Option<String>,
     push_url: Option<reqwest::Url>,
     headers: reqwest::header::HeaderMap,
+    kube_api: Option<kubeapi::ApiConfig>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -406,7 +473,10 @@ async fn agent_main(
         frequency: args.frequency,
         event: args.event,
         kernel: !args.user_only,
-        ring_bytes: args.ring_size * 1024,
+        ring_bytes: args.ring_size.map_or_else(
+            || crate::record::ring_bytes_for(args.frequency, RING_MILLIS),
+            |kib| kib * 1024,
+        ),
         // Unwind tables are bump-allocated for a bounded capture; the agent
         // runs forever, so it walks frame pointers.
         unwind: crate::capture::Unwind::Fp,
@@ -425,7 +495,15 @@ async fn agent_main(
         })
         .unwrap_or_default();
     let want_windows = args.push_url.is_some() || args.output_dir.is_some();
-    let kube = labels::Kubelet::new(args.pods_log_dir.clone(), args.containers_log_dir.clone());
+    let mut kube = labels::Kubelet::new(args.pods_log_dir.clone(), args.containers_log_dir.clone());
+    let kube_api = match kube_api {
+        Some(cfg) => {
+            let api = Arc::new(kubeapi::KubeApi::new(cfg, counters.clone())?);
+            kube = kube.with_api(api.clone());
+            Some(api)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         window: Mutex::new(Window::new(
             args.retain,
@@ -435,12 +513,13 @@ async fn agent_main(
             counters.clone(),
         )),
         sym: {
-            let (cap, kernel, c) = (
+            let (cap, kernel, budget, c) = (
                 args.symbol_cache_entries as usize,
                 !args.user_only,
+                usize::try_from(args.symbolizer_memory).unwrap_or(usize::MAX),
                 counters.clone(),
             );
-            SymThread::spawn(move || Sym::new(cap, kernel, c))
+            SymThread::spawn(move || Sym::new(cap, kernel, budget, c))
                 .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?
         },
         counters,
@@ -464,6 +543,11 @@ async fn agent_main(
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(http::serve(listener, shared.clone(), stop_rx.clone()));
     tokio::spawn(janitor(shared.clone(), stop_rx.clone()));
+    if let Some(api) = kube_api {
+        let s = shared.clone();
+        let relabel = move || lock(&s.window).relabel();
+        tokio::spawn(kubeapi::refresher(api, relabel, stop_rx.clone()));
+    }
     let windows = (shared.pusher.is_some() || shared.files.is_some())
         .then(|| tokio::spawn(window_loop(shared.clone(), args.window, stop_rx.clone())));
     // Pushers stop last, after the final window is queued.
@@ -600,11 +684,39 @@ fn janitor_pass(shared: &Shared, sym: &mut Sym, prune: bool, high_water: usize) 
     (had, high_water.max(bytes))
 }
 
+/// What symbolizing a binary makes us hold: its parsed state on the heap,
+/// and the pages of its debug sections, read through a mapping of the
+/// file, in our RSS (`/proc/self/statm`'s resident shared pages). `None`
+/// where either cannot be read.
+pub(crate) fn memory_in_use() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(2)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    heap_in_use()?.checked_add(pages.checked_mul(page)?)
+}
+
+/// Bytes handed out by the allocator, in every arena and in blocks it
+/// mapped on its own; `None` where glibc is not there to say.
+fn heap_in_use() -> Option<usize> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 has no preconditions; it only reads the
+        // allocator's statistics under its locks.
+        let m = unsafe { libc::mallinfo2() };
+        Some(m.uordblks.saturating_add(m.hblkhd))
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        None
+    }
+}
+
 /// Hands freed heap memory back to the system. glibc keeps what a burst of
 /// short-lived processes made us allocate (per-thread arenas), so without
 /// this the agent's RSS would stay at its high-water mark after the burst
 /// has aged out of the window.
-fn trim_heap() {
+pub(crate) fn trim_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions.
     unsafe {
@@ -727,6 +839,12 @@ fn window_job(shared: &Shared, sym: &mut Sym, t0: u64, t1: u64, lost: u64) {
         files.rotate();
     }
 }
+
+/// Samples the ring buffer holds by default, in ms of every CPU at the
+/// sampling rate: the capture loop drains it every 200 ms, and a few
+/// times that covers a moment when its runtime is busy. Larger costs
+/// twice its size in RSS for nothing (the pages are mapped twice).
+const RING_MILLIS: u64 = 2000;
 
 /// How long a stopping agent keeps pushing queued profiles.
 const SHUTDOWN_PUSH_GRACE: Duration = Duration::from_secs(5);

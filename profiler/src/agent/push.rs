@@ -230,7 +230,9 @@ enum Failure {
     Permanent(String),
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, one line: reqwest's own message alone hides
+/// the cause ("error sending request").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc};
 use super::metrics::Counters;
 use super::window::ProcId;
 use crate::process::{Binary, BinaryKey, MapEntry, Process};
-use crate::symbolize::{Frame, SymbolFile, Symbolizer};
+use crate::symbolize::{Frame, Frames, SymbolFile, Symbolizer};
 
 /// One executable mapping of one process, as the profile will show it.
 #[derive(Debug)]
@@ -85,13 +85,25 @@ pub struct Sym {
     cache: HashMap<BinaryKey, HashMap<u64, Arc<[Frame]>>>,
     entries: usize,
     cap: usize,
+    /// Memory the `user` symbolizer grew by since it was created.
+    parsed: usize,
+    /// Memory that blazesym's parsed files (symbol tables sorted by
+    /// address, DWARF units and line programs, decompressed debug sections,
+    /// and the file pages it read them from) may hold between batches. Our own cache keeps every result, so that
+    /// state only saves a re-parse when new addresses of the same binary
+    /// come; a node running large binaries with debug info (compilers, C++
+    /// services) would otherwise keep tens of MB of it for every binary
+    /// symbolized, for as long as the binary stays open. Past this much,
+    /// all of it is dropped.
+    parsed_budget: usize,
     counters: Arc<Counters>,
 }
 
 impl Sym {
     /// `cap` bounds the cached addresses; `kernel` loads kallsyms (on first
-    /// use) for kernel frames.
-    pub fn new(cap: usize, kernel: bool, counters: Arc<Counters>) -> Self {
+    /// use) for kernel frames; `parsed_budget` bounds the parsed files kept
+    /// between batches (see the field).
+    pub fn new(cap: usize, kernel: bool, parsed_budget: usize, counters: Arc<Counters>) -> Self {
         Sym {
             user: Symbolizer::new(false),
             seen: HashSet::new(),
@@ -100,6 +112,8 @@ impl Sym {
             cache: HashMap::new(),
             entries: 0,
             cap,
+            parsed: 0,
+            parsed_budget,
             counters,
         }
     }
@@ -145,6 +159,31 @@ impl Sym {
     fn reset_user(&mut self) {
         self.user = Symbolizer::new(false);
         self.seen.clear();
+        self.parsed = 0;
+    }
+
+    /// Symbolizes one binary's addresses, then drops the parsed state of
+    /// every binary if it outgrew its budget. Returns the frames and
+    /// whether the state was dropped (so the heap is worth trimming).
+    fn symbolize_within_budget(
+        &mut self,
+        file: &SymbolFile,
+        vaddrs: &[u64],
+    ) -> (Vec<Frames>, bool) {
+        let before = super::memory_in_use();
+        let found = self.user.symbolize_file(file, vaddrs);
+        let grown = match (before, super::memory_in_use()) {
+            (Some(b), Some(a)) => a.saturating_sub(b),
+            // No way to tell: assume the worst, keep nothing.
+            _ => usize::MAX,
+        };
+        self.parsed = self.parsed.saturating_add(grown);
+        if self.parsed < self.parsed_budget {
+            return (found, false);
+        }
+        self.reset_user();
+        Counters::inc(&self.counters.symbolizer_resets);
+        (found, true)
     }
 
     /// Resolves stacks of pending locations, each for its process. One
@@ -205,6 +244,7 @@ impl Sym {
         }
         // Pass 2: symbolize the misses, one batch per binary.
         let mut fresh: HashMap<(BinaryKey, u64), Arc<[Frame]>> = HashMap::new();
+        let mut dropped = false;
         for (bk, mut vaddrs) in todo {
             vaddrs.sort_unstable();
             vaddrs.dedup();
@@ -215,10 +255,14 @@ impl Sym {
                 Counters::inc(&self.counters.symbol_cache_misses);
             }
             self.seen.insert(bk);
-            let found = self.user.symbolize_file(file, &vaddrs);
+            let (found, reset) = self.symbolize_within_budget(file, &vaddrs);
+            dropped |= reset;
             for (v, frames) in vaddrs.into_iter().zip(found) {
                 fresh.insert((bk, v), frames.into());
             }
+        }
+        if dropped {
+            super::trim_heap();
         }
         // Pass 3: assemble, then cache what was new.
         let result = lookups
@@ -324,7 +368,7 @@ mod tests {
         let p = table.observe(pid).unwrap();
         let addr = marker_function();
         let counters = Arc::new(Counters::default());
-        let mut sym = Sym::new(1000, false, counters.clone());
+        let mut sym = Sym::new(1000, false, 64 << 20, counters.clone());
         let r = sym.resolve(vec![(7, PendingLoc::for_stack(Some(p), &[addr, 8]))]);
         let loc = &r[0][0];
         let m = loc.mapping.as_ref().unwrap();
@@ -347,6 +391,96 @@ mod tests {
         let key = loc_binary_key(&table, pid, addr);
         sym.forget(&[key]);
         assert_eq!(sym.entries(), 0);
+    }
+
+    #[inline(never)]
+    fn other_marker() -> u64 {
+        other_marker as *const () as u64
+    }
+
+    #[test]
+    fn parsed_files_are_dropped_beyond_their_budget() {
+        let pid = std::process::id();
+        let mut table = ProcessTable::new();
+        let p = table.observe(pid).unwrap();
+        let counters = Arc::new(Counters::default());
+        let resets = || {
+            counters
+                .symbolizer_resets
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let name = |r: &[Arc<[ResolvedLoc]>]| {
+            r[0][0]
+                .frames
+                .as_ref()
+                .unwrap()
+                .last()
+                .unwrap()
+                .function
+                .clone()
+        };
+        // No budget: the parsed file is dropped after every batch, and the
+        // answers are the same.
+        let mut tight = Sym::new(1000, false, 0, counters.clone());
+        let a = tight.resolve(vec![(
+            1,
+            PendingLoc::for_stack(Some(p), &[marker_function()]),
+        )]);
+        assert_eq!(resets(), 1);
+        assert_eq!(tight.parsed, 0);
+        let b = tight.resolve(vec![(1, PendingLoc::for_stack(Some(p), &[other_marker()]))]);
+        assert_eq!(resets(), 2, "parsed again, dropped again");
+        assert!(name(&a).contains("marker_function"));
+        assert!(name(&b).contains("other_marker"));
+        // Room enough: kept.
+        let mut roomy = Sym::new(1000, false, usize::MAX, counters.clone());
+        roomy.resolve(vec![(
+            1,
+            PendingLoc::for_stack(Some(p), &[marker_function()]),
+        )]);
+        roomy.resolve(vec![(1, PendingLoc::for_stack(Some(p), &[other_marker()]))]);
+        assert_eq!(resets(), 2);
+
+        // The growth is read from the allocator, which every thread of the
+        // process shares: measured in a process of its own (this test
+        // binary, running only the test below), so other tests' memory
+        // does not blur it.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "agent::resolve::tests::parsed_growth_alone"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env("RPROF_PARSED_GROWTH_ALONE", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+    }
+
+    /// Run by the test above in a process of its own.
+    #[test]
+    fn parsed_growth_alone() {
+        if std::env::var_os("RPROF_PARSED_GROWTH_ALONE").is_none() {
+            return;
+        }
+        let pid = std::process::id();
+        let mut table = ProcessTable::new();
+        let p = table.observe(pid).unwrap();
+        let mut sym = Sym::new(1000, false, usize::MAX, Arc::new(Counters::default()));
+        sym.resolve(vec![(
+            1,
+            PendingLoc::for_stack(Some(p), &[marker_function()]),
+        )]);
+        // This test binary's DWARF is megabytes; naming one function
+        // parses a good part of it.
+        assert!(sym.parsed > 1 << 20, "{} bytes accounted", sym.parsed);
+        let first = sym.parsed;
+        let mut capped = Sym::new(1000, false, first / 2, Arc::new(Counters::default()));
+        capped.resolve(vec![(
+            1,
+            PendingLoc::for_stack(Some(p), &[marker_function()]),
+        )]);
+        assert_eq!(capped.parsed, 0, "over half the growth: dropped");
     }
 
     fn loc_binary_key(t: &ProcessTable, pid: u32, addr: u64) -> BinaryKey {

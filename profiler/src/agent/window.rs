@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use profiler_ebpf::abi::Sample;
 
-use super::labels::{Kubelet, Labels};
+use super::kubeapi::Missing;
+use super::labels::{Kubelet, Labels, Miss};
 use super::metrics::Counters;
 use super::resolve::{PendingLoc, ResolvedLoc};
 use crate::capture::CaptureStats;
@@ -35,8 +36,9 @@ use crate::unwind::leaf::LeafFixer;
 /// One process lifetime, unique for the agent's lifetime.
 pub type ProcId = u32;
 
-/// What never changes about a process once seen.
-#[derive(Debug)]
+/// What never changes about a process once seen, but for labels the API
+/// server's pod list fills in later (then the whole meta is replaced).
+#[derive(Clone, Debug)]
 pub struct ProcMeta {
     pub id: ProcId,
     pub pid: u32,
@@ -697,6 +699,31 @@ impl Window {
         self.procs
             .values()
             .any(|p| Filter::Container(prefix.to_owned()).matches(&p.meta))
+    }
+
+    /// After a new pod list from the API server: gives the processes whose
+    /// labels were incomplete what the list says (their samples, old and
+    /// new, are labelled from then on, since profiles read the meta when
+    /// they are cut), and counts those still incomplete.
+    pub fn relabel(&mut self) -> Missing {
+        let mut missing = Missing::default();
+        for p in self.procs.values_mut() {
+            if !p.meta.labels.incomplete() {
+                continue;
+            }
+            let (labels, miss) = self.kube.relabel(&p.meta.labels);
+            match miss {
+                Miss::None => {}
+                Miss::Unknown => missing.unknown += 1,
+                Miss::Starting => missing.starting += 1,
+            }
+            if labels != p.meta.labels {
+                let mut m = (*p.meta).clone();
+                m.labels = labels;
+                p.meta = Arc::new(m);
+            }
+        }
+        missing
     }
 
     /// The UID of pod `namespace/name` if it is known here or on disk.

@@ -46,6 +46,27 @@ pub fn content_hash(data: &[u8]) -> String {
     hex(&digest[..20])
 }
 
+/// [`content_hash`] of an open file, read through a small buffer. Hashing
+/// through a mapping of the file instead would leave every page of it
+/// resident in our memory for as long as the mapping lives: hundreds of MB
+/// for the toolchain libraries that ship without a build ID.
+pub fn content_hash_of_file(file: &std::fs::File) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(hex(&hasher.finalize()[..20]))
+}
+
 /// Reads the build IDs of a 64-bit little-endian ELF. Non-ELF or malformed
 /// input gives empty IDs, not an error: an ID is optional information.
 pub fn read(data: &[u8]) -> BuildIds {
@@ -127,6 +148,20 @@ mod tests {
         assert_eq!(h.len(), 40);
         assert_eq!(h, content_hash(b"no build id here"));
         assert_ne!(h, content_hash(b"no build id there"));
+    }
+
+    #[test]
+    fn file_hash_is_the_content_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        // Larger than the read buffer, and not a multiple of it.
+        let bytes: Vec<u8> = (0..(3 << 20) + 12345).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        assert_eq!(content_hash_of_file(&f).unwrap(), content_hash(&bytes));
+        std::fs::write(&path, b"").unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        assert_eq!(content_hash_of_file(&f).unwrap(), content_hash(b""));
     }
 
     #[test]

@@ -79,7 +79,11 @@ impl Binary {
             return Some(id);
         }
         self.content_hash
-            .get_or_init(|| self.data.as_deref().map(|d| buildid::content_hash(d)))
+            .get_or_init(|| match &self.file {
+                // Read, not through `data`: see content_hash_of_file.
+                Some(f) => buildid::content_hash_of_file(f).ok(),
+                None => self.data.as_deref().map(|d| buildid::content_hash(d)),
+            })
             .as_deref()
     }
 
