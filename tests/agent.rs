@@ -970,9 +970,18 @@ fn output_dir_rotation_respects_max_disk() {
         v
     };
     let deadline = Instant::now() + Duration::from_secs(30);
+    // The fixture's newest profile, read as soon as it appears: with other
+    // processes on the machine, rotation may delete it before the end.
+    let fixture = format!("_{}_spin", target.pid());
+    let mut seen: Option<rprof_bpf::pprof::Profile> = None;
     loop {
         std::thread::sleep(Duration::from_millis(700));
         let files = ours(&out);
+        if let Some((name, _)) = files.iter().rev().find(|(n, _)| n.contains(&fixture)) {
+            if let Ok(p) = rprof_bpf::pprof::read_file(&out.join(name)) {
+                seen = Some(p);
+            }
+        }
         let total: u64 = files.iter().map(|f| f.1).sum();
         assert!(
             total <= max,
@@ -1007,12 +1016,10 @@ fn output_dir_rotation_respects_max_disk() {
             "{name}"
         );
     }
-    let spin_file = files
-        .iter()
-        .rev()
-        .find(|(n, _)| n.contains(&format!("_{}_spin", target.pid())))
-        .unwrap_or_else(|| panic!("no profile of the fixture in {files:?}"));
-    let p = load(&out.join(&spin_file.0));
+    if let Some((name, _)) = files.iter().rev().find(|(n, _)| n.contains(&fixture)) {
+        seen = Some(load(&out.join(name)));
+    }
+    let p = seen.unwrap_or_else(|| panic!("no profile of the fixture was written"));
     assert_eq!(pids(&p), [i64::from(target.pid())].into());
     assert!(flat_share(&p, "hot_inner") > 0.9);
 }

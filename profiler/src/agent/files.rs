@@ -77,6 +77,17 @@ impl FileSink {
                 }
             })
             .collect();
+        let len = bytes.len() as u64;
+        if len > self.max_bytes {
+            Counters::inc(&self.counters.file_errors);
+            eprintln!(
+                "rprof-bpf agent: a profile of pid {pid} ({len} bytes) is larger than --max-disk ({} bytes); not written",
+                self.max_bytes
+            );
+            return;
+        }
+        // Room first, so the directory never holds more than the cap.
+        self.evict_until(self.max_bytes - len);
         let mut name = format!("{start_unix:010}_{pid}_{comm}.pb.gz");
         let mut n = 1;
         while self.dir.join(&name).exists() {
@@ -102,8 +113,13 @@ impl FileSink {
 
     /// Deletes the oldest profiles until the total fits `--max-disk`.
     pub fn rotate(&self) {
+        self.evict_until(self.max_bytes);
+    }
+
+    /// Deletes the oldest profiles until the total is at most `limit`.
+    fn evict_until(&self, limit: u64) {
         let mut st = self.state();
-        while st.total > self.max_bytes {
+        while st.total > limit {
             let Some((name, size)) = st.files.pop_front() else {
                 break;
             };
@@ -160,5 +176,13 @@ mod tests {
         // A restart counts what is there.
         let again = FileSink::open(dir.path(), 1500, c).unwrap();
         assert_eq!(again.total(), 1000);
+        // Writing makes room first (the directory never holds more than the
+        // cap); a profile larger than the cap is refused.
+        again.write(1_700_000_005, 7, "my prog", &[1u8; 1000]);
+        assert_eq!(again.total(), 1000);
+        assert!(dir.path().join("1700000005_7_my_prog.pb.gz").exists());
+        again.write(1_700_000_006, 7, "my prog", &[1u8; 2000]);
+        assert_eq!(again.total(), 1000);
+        assert!(!dir.path().join("1700000006_7_my_prog.pb.gz").exists());
     }
 }
