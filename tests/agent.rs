@@ -852,7 +852,7 @@ fn churn_of_short_lived_processes_keeps_memory_bounded() {
     let during = std::thread::spawn(move || http_get(port, "/debug/pprof/profile?seconds=3", &[]));
     let t0 = Instant::now();
     let trues = Command::new("sh")
-        .args(["-c", "for i in $(seq 2000); do /bin/true; done"])
+        .args(["-c", "for i in $(seq 10000); do /bin/true; done"])
         .spawn()
         .unwrap();
     let burners = Command::new("sh")
@@ -926,8 +926,8 @@ fn churn_of_short_lived_processes_keeps_memory_bounded() {
         base_rss.1 >> 20
     );
     assert!(
-        after_rss.0 <= peak_rss.0.max(base_rss.0 + 64 * 1024 * 1024),
-        "RSS {} MiB after the churn vs {} MiB before",
+        after_rss.0 as f64 <= 1.10 * base_rss.0 as f64,
+        "RSS {} MiB after the churn vs {} MiB before: more than 10% above",
         after_rss.0 >> 20,
         base_rss.0 >> 20
     );
