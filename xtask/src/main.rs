@@ -2,11 +2,14 @@
 //!
 //! - `cargo xtask bpf`: rebuild `profiler-ebpf/bpf/profile.bpf.o` with clang-19.
 //! - `cargo xtask test`: install test dependencies, then run every test
-//!   (what `.ci/run` calls).
+//!   and a short run of each fuzz target (what `.ci/run` calls).
+//! - `cargo xtask fuzz [--seconds N] [--replay] [TARGET...]`: the fuzz
+//!   targets in `fuzz/` (see `fuzz.rs`).
 //! - `cargo xtask bench [--quick]`: run the benchmarks, write BENCHMARKS.md.
 
 mod bench;
 mod deps;
+mod fuzz;
 
 // The compiler invocation is shared with profiler-ebpf's freshness test by
 // including its source, not by depending on the crate: that crate embeds the
@@ -32,7 +35,10 @@ fn run() -> Result<()> {
         Some("deps") => deps::install(),
         Some("test") => test(),
         Some("bench") => bench::run(&args[1..]),
-        _ => bail!("usage: cargo xtask <bpf|deps|test|bench [--quick]>"),
+        Some("fuzz") => fuzz::run(&args[1..]),
+        _ => bail!(
+            "usage: cargo xtask <bpf|deps|test|bench [--quick]|fuzz [--seconds N] [--replay] [TARGET...]>"
+        ),
     }
 }
 
@@ -52,7 +58,9 @@ fn bpf() -> Result<()> {
     Ok(())
 }
 
-/// Installs dependencies, checks formatting and lints, then runs all tests.
+/// Installs dependencies, checks formatting and lints, runs all tests, then
+/// replays the fuzz corpora and fuzzes each target briefly (each target
+/// counts as one test in the closing line).
 fn test() -> Result<()> {
     deps::install()?;
     let root = deps::workspace_root();
@@ -108,6 +116,11 @@ fn test() -> Result<()> {
             bail!("cargo {} failed", step.join(" "));
         }
     }
+    if let Err(e) = fuzz::smoke() {
+        println!("{passed} passed, {} failed", failed + 1);
+        return Err(e);
+    }
+    passed += fuzz::TARGETS.len() as u64;
     // One closing line for whoever reads the log last.
     println!("{passed} passed, {failed} failed");
     Ok(())
