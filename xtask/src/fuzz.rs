@@ -42,11 +42,18 @@ pub const SMOKE_SECONDS: u64 = 30;
 /// (the real parsers answer in milliseconds), 2 GiB is an out-of-memory.
 const LIBFUZZER_LIMITS: [&str; 2] = ["-timeout=10", "-rss_limit_mb=2048"];
 
-/// Options for one target. libFuzzer caps inputs at the largest seed, and
-/// at 1 MiB at most unless told: the Go binaries are larger.
+/// Options for one target (later flags override [`LIBFUZZER_LIMITS`]).
+/// libFuzzer caps inputs at the largest seed, and at 1 MiB at most unless
+/// told: the Go binaries are larger. Its corpus of ~1 MiB inputs, which
+/// libFuzzer holds in memory, passes 1 GiB in ten minutes, so the process
+/// limit is raised and single allocations are capped instead.
 fn target_options(target: &str) -> &'static [&'static str] {
     match target {
-        "gopclntab" => &["-max_len=2097152"],
+        "gopclntab" => &[
+            "-max_len=2097152",
+            "-rss_limit_mb=8192",
+            "-malloc_limit_mb=2048",
+        ],
         _ => &[],
     }
 }
@@ -199,20 +206,17 @@ impl Stats {
 }
 
 /// Runs the libFuzzer binary of `target` over its input directories with
-/// `extra` options. A crash's input is copied to `fuzz/regressions/<target>/`
+/// `extra` options. cargo-fuzz has libFuzzer write crashing inputs to
+/// `fuzz/artifacts/<target>/`; such an input is copied to `fuzz/regressions/<target>/`
 /// (to be committed with the fix) and the run fails.
 fn libfuzzer(target: &str, extra: &[&str]) -> Result<Stats> {
     let dirs = input_dirs(target)?;
-    let artifacts = fuzz_dir().join("artifacts").join(target);
-    std::fs::create_dir_all(&artifacts)?;
-    let prefix = format!("-artifact_prefix={}/", artifacts.display());
     let mut child = cargo_fuzz()
         .args(["run", "-O", "--debug-assertions", target])
         .args(&dirs)
         .arg("--")
         .args(LIBFUZZER_LIMITS)
         .args(target_options(target))
-        .arg(prefix)
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
