@@ -159,10 +159,10 @@ impl Capture {
         } else {
             (1, 1)
         };
+        // EbpfLoader::new() reads the kernel's BTF, which the program's
+        // CO-RE relocations (the task_struct fields behind a sample's
+        // process start time) are resolved against.
         let mut bpf = EbpfLoader::new()
-            // The program has no CO-RE relocations: skip parsing the
-            // kernel's BTF, which would cost several megabytes of memory.
-            .btf(None)
             .override_global(abi::GLOBAL_FILTER_PIDS, &filter, true)
             .override_global(abi::GLOBAL_SELF_TGID, &std::process::id(), true)
             .override_global(abi::GLOBAL_CAPTURE_KERNEL, &kernel, true)
