@@ -264,6 +264,12 @@ fn pull_with_go_tool_pprof() {
         agent.port,
         target.pid()
     );
+    // pprof asks here for names of addresses left unnamed (as it does of
+    // net/http/pprof): the agent has no more to give, and must say so
+    // rather than fail the request.
+    let symbol = agent.get("/debug/pprof/symbol");
+    assert_eq!(symbol.status, 200);
+    assert_eq!(String::from_utf8_lossy(&symbol.body), "num_symbols: 0\n");
     let t0 = Instant::now();
     let out = go_command(&go)
         .env("PPROF_TMPDIR", dir.path())

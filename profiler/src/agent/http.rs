@@ -124,6 +124,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/debug/pprof", get(index))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
+        .route("/debug/pprof/symbol", get(symbol_count).post(symbol_lookup))
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
         .with_state(shared)
 }
@@ -463,6 +464,20 @@ async fn metrics_handler(State(s): State<Arc<Shared>>) -> Response {
 }
 
 /// Healthy while the capture loop keeps ticking.
+/// `GET /debug/pprof/symbol`, as `net/http/pprof` answers it. `go tool
+/// pprof` asks this endpoint for the names of addresses in mappings we
+/// could not symbolize (a binary without symbols, the vdso). Every name
+/// the agent has is already in the profile, so it answers that it has none
+/// (`num_symbols: 0`) rather than 404, which pprof treats as a failure.
+async fn symbol_count() -> Response {
+    text(StatusCode::OK, "num_symbols: 0\n")
+}
+
+/// `POST /debug/pprof/symbol`: no further names (see [`symbol_count`]).
+async fn symbol_lookup() -> Response {
+    text(StatusCode::OK, "")
+}
+
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     let age = mono_now().saturating_sub(s.last_tick.load(Ordering::Relaxed));
     if age < 5_000_000_000 {
