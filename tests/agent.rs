@@ -656,10 +656,51 @@ fn percent_decode(s: &str) -> String {
 /// A Pyroscope stand-in: `POST /ingest?name=..&from=..&until=..&format=pprof`
 /// with the profile as the body. The first `fail_first` requests get 503.
 fn pyroscope_receiver(fail_first: usize) -> (u16, Arc<Mutex<Vec<Ingest>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let seen: Arc<Mutex<Vec<Ingest>>> = Arc::default();
     let seen2 = seen.clone();
+    let port = serve_http(move |req| {
+        let mut seen = seen2.lock().unwrap();
+        let status = if seen.len() < fail_first { 503 } else { 200 };
+        let content_type = req.header("content-type");
+        seen.push(Ingest {
+            status,
+            path: req.path,
+            query: req.query,
+            content_type,
+            body: req.body,
+        });
+        (status, "", String::new())
+    });
+    (port, seen)
+}
+
+/// One request to a test server.
+struct TestReq {
+    path: String,
+    query: HashMap<String, String>,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl TestReq {
+    /// A header's value (case-insensitive name), or "".
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A one-connection-at-a-time HTTP/1.1 server on a free loopback port:
+/// `handle` answers each request with (status, content type, body).
+/// Returns the port.
+fn serve_http(
+    mut handle: impl FnMut(TestReq) -> (u16, &'static str, String) + Send + 'static,
+) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
@@ -670,24 +711,29 @@ fn pyroscope_receiver(fail_first: usize) -> (u16, Arc<Mutex<Vec<Ingest>>>) {
             if r.read_line(&mut request_line).is_err() {
                 continue;
             }
-            let mut len = 0usize;
-            let mut content_type = String::new();
+            let mut headers = Vec::new();
             loop {
                 let mut l = String::new();
-                r.read_line(&mut l).unwrap();
+                if r.read_line(&mut l).unwrap_or(0) == 0 {
+                    break;
+                }
                 let l = l.trim_end();
                 if l.is_empty() {
                     break;
                 }
-                let (k, v) = l.split_once(':').unwrap();
-                match k.to_ascii_lowercase().as_str() {
-                    "content-length" => len = v.trim().parse().unwrap(),
-                    "content-type" => content_type = v.trim().to_owned(),
-                    _ => {}
+                if let Some((k, v)) = l.split_once(':') {
+                    headers.push((k.trim().to_owned(), v.trim().to_owned()));
                 }
             }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
             let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
+            if r.read_exact(&mut body).is_err() {
+                continue;
+            }
             let target = request_line.split(' ').nth(1).unwrap_or("").to_owned();
             let (path, qs) = target.split_once('?').unwrap_or((&target, ""));
             let query = qs
@@ -695,28 +741,21 @@ fn pyroscope_receiver(fail_first: usize) -> (u16, Arc<Mutex<Vec<Ingest>>>) {
                 .filter_map(|kv| kv.split_once('='))
                 .map(|(k, v)| (percent_decode(k), percent_decode(v)))
                 .collect();
-            let mut seen = seen2.lock().unwrap();
-            let status = if seen.len() < fail_first { 503 } else { 200 };
-            seen.push(Ingest {
-                status,
+            let req = TestReq {
                 path: path.to_owned(),
                 query,
-                content_type,
+                headers,
                 body,
-            });
-            drop(seen);
-            let reason = if status == 200 {
-                "OK"
-            } else {
-                "Service Unavailable"
             };
+            let (status, content_type, body) = handle(req);
             let _ = write!(
                 conn,
-                "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
             );
         }
     });
-    (port, seen)
+    port
 }
 
 #[test]
@@ -1064,68 +1103,30 @@ fn fake_kube_api(
     node: &'static str,
     answer: Arc<Mutex<Option<String>>>,
 ) -> (u16, Arc<Mutex<Vec<ApiReq>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let seen: Arc<Mutex<Vec<ApiReq>>> = Arc::default();
     let seen2 = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            conn.set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let mut r = BufReader::new(conn.try_clone().unwrap());
-            let mut request_line = String::new();
-            if r.read_line(&mut request_line).is_err() {
-                continue;
+    let port = serve_http(move |req| {
+        let authorization = req.header("authorization");
+        let (status, body) = if authorization != format!("Bearer {token}") {
+            (401, r#"{"kind":"Status","code":401}"#.to_owned())
+        } else if req.path != "/api/v1/pods"
+            || req.query.get("fieldSelector").map(String::as_str)
+                != Some(&format!("spec.nodeName={node}"))
+        {
+            (400, r#"{"kind":"Status","code":400}"#.to_owned())
+        } else {
+            match answer.lock().unwrap().clone() {
+                Some(list) => (200, list),
+                None => (503, "etcdserver: leader changed".to_owned()),
             }
-            let mut authorization = String::new();
-            loop {
-                let mut l = String::new();
-                if r.read_line(&mut l).unwrap_or(0) == 0 {
-                    break;
-                }
-                let l = l.trim_end();
-                if l.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = l.split_once(':') {
-                    if k.eq_ignore_ascii_case("authorization") {
-                        authorization = v.trim().to_owned();
-                    }
-                }
-            }
-            let target = request_line.split(' ').nth(1).unwrap_or("").to_owned();
-            let (path, qs) = target.split_once('?').unwrap_or((&target, ""));
-            let query: HashMap<String, String> = qs
-                .split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (percent_decode(k), percent_decode(v)))
-                .collect();
-            let (status, body) = if authorization != format!("Bearer {token}") {
-                (401, r#"{"kind":"Status","code":401}"#.to_owned())
-            } else if path != "/api/v1/pods"
-                || query.get("fieldSelector").map(String::as_str)
-                    != Some(&format!("spec.nodeName={node}"))
-            {
-                (400, r#"{"kind":"Status","code":400}"#.to_owned())
-            } else {
-                match answer.lock().unwrap().clone() {
-                    Some(list) => (200, list),
-                    None => (503, "etcdserver: leader changed".to_owned()),
-                }
-            };
-            seen2.lock().unwrap().push(ApiReq {
-                status,
-                path: path.to_owned(),
-                query,
-                authorization,
-            });
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
+        };
+        seen2.lock().unwrap().push(ApiReq {
+            status,
+            path: req.path,
+            query: req.query,
+            authorization,
+        });
+        (status, "application/json", body)
     });
     (port, seen)
 }
