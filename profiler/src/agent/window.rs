@@ -18,7 +18,7 @@
 //! [`Window::take_exited`]); only then are its binaries released.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use super::labels::{Kubelet, Labels, Miss};
 use super::metrics::Counters;
 use super::resolve::{PendingLoc, ResolvedLoc};
 use crate::capture::CaptureStats;
-use crate::process::exits::pidfd_open;
+use crate::process::exits::{pidfd_open, readable};
 use crate::process::{BinaryKey, Process, ProcessTable};
 use crate::unwind::leaf::LeafFixer;
 
@@ -432,29 +432,16 @@ impl Window {
     /// Moves every process whose pidfd says it exited out of the process
     /// table, so its pid is free for the next process.
     fn reap(&mut self) {
-        let mut fds: Vec<libc::pollfd> = Vec::new();
-        let mut ids: Vec<ProcId> = Vec::new();
-        for (&id, p) in &self.procs {
-            if let Life::Live(fd) = &p.life {
-                fds.push(libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                ids.push(id);
-            }
-        }
-        if fds.is_empty() {
-            return;
-        }
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs; a
-        // zero timeout never blocks.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
-        if n <= 0 {
-            return;
-        }
-        for (fd, id) in fds.iter().zip(ids) {
-            if fd.revents != 0 {
+        let (ids, fds): (Vec<ProcId>, Vec<RawFd>) = self
+            .procs
+            .iter()
+            .filter_map(|(&id, p)| match &p.life {
+                Life::Live(fd) => Some((id, fd.as_raw_fd())),
+                _ => None,
+            })
+            .unzip();
+        for (id, gone) in ids.into_iter().zip(readable(&fds)) {
+            if gone {
                 self.mark_exited(id);
             }
         }

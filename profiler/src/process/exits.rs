@@ -8,7 +8,7 @@
 //! process.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// A pidfd for `pid`, or `None` if it is gone (or the kernel is older).
 pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
@@ -64,38 +64,45 @@ impl ExitWatch {
     /// The watched processes that have exited since the last call; they
     /// are no longer watched.
     pub fn take_exited(&mut self) -> Vec<u32> {
-        let mut polled: Vec<(u32, libc::pollfd)> = self
+        let (pids, fds): (Vec<u32>, Vec<RawFd>) = self
             .fds
             .iter()
-            .map(|(&pid, fd)| {
-                let p = libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                (pid, p)
-            })
-            .collect();
-        let mut raw: Vec<libc::pollfd> = polled.iter().map(|p| p.1).collect();
-        // SAFETY: `raw` is a valid array of `raw.len()` pollfds; a zero
-        // timeout makes this a non-blocking check.
-        let n = unsafe { libc::poll(raw.as_mut_ptr(), raw.len() as libc::nfds_t, 0) };
-        if n <= 0 {
-            return Vec::new();
-        }
-        for (p, r) in polled.iter_mut().zip(&raw) {
-            p.1.revents = r.revents;
-        }
-        let exited: Vec<u32> = polled
-            .iter()
-            .filter(|(_, p)| p.revents != 0)
-            .map(|(pid, _)| *pid)
+            .map(|(&pid, fd)| (pid, fd.as_raw_fd()))
+            .unzip();
+        let exited: Vec<u32> = pids
+            .into_iter()
+            .zip(readable(&fds))
+            .filter(|&(_, gone)| gone)
+            .map(|(pid, _)| pid)
             .collect();
         for pid in &exited {
             self.fds.remove(pid);
         }
         exited
     }
+}
+
+/// For each pidfd, whether its process has exited (the fd is readable),
+/// with one non-blocking `poll(2)` for all of them.
+pub fn readable(fds: &[RawFd]) -> Vec<bool> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    if polled.is_empty() {
+        return Vec::new();
+    }
+    // SAFETY: `polled` is a valid array of `polled.len()` pollfds; a zero
+    // timeout makes this a non-blocking check.
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 0) };
+    if n <= 0 {
+        return vec![false; fds.len()];
+    }
+    polled.iter().map(|p| p.revents != 0).collect()
 }
 
 #[cfg(test)]
