@@ -404,8 +404,12 @@ fn per_sample(env: &Env, spin: &Path, rounds: usize, secs: u64, md: &mut String)
     Ok(())
 }
 
-/// Flat and cum shares (percent) by function from `rprof-bpf report`.
-fn shares(env: &Env, file: &Path) -> Result<Vec<(String, f64, f64)>> {
+/// A function's flat and cum shares (percent).
+type Share = (String, f64, f64);
+
+/// Flat and cum shares by function from `rprof-bpf report`, and the samples
+/// in all (1 ms each at 1000 Hz: the header's total in ms).
+fn shares(env: &Env, file: &Path) -> Result<(Vec<Share>, f64)> {
     let o = env
         .rprof()
         .args(["report", "--nodecount", "100"])
@@ -415,6 +419,15 @@ fn shares(env: &Env, file: &Path) -> Result<Vec<(String, f64, f64)>> {
         bail!("report failed: {}", String::from_utf8_lossy(&o.stderr));
     }
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let total_ms = text
+        .lines()
+        .find_map(|l| l.split("Total samples = ").nth(1))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| match t.strip_suffix("ms") {
+            Some(ms) => ms.parse::<f64>().ok(),
+            None => t.strip_suffix('s')?.parse::<f64>().ok().map(|s| s * 1e3),
+        })
+        .context("report printed no sample total")?;
     let rows = text
         .lines()
         .skip_while(|l| !l.trim_start().starts_with("flat"))
@@ -428,7 +441,7 @@ fn shares(env: &Env, file: &Path) -> Result<Vec<(String, f64, f64)>> {
             Some((name, pct(f.get(1)?)?, pct(f.get(4)?)?))
         })
         .collect();
-    Ok(rows)
+    Ok((rows, total_ms))
 }
 
 /// Case 3: a Go program with a known split, against its own runtime/pprof.
@@ -446,6 +459,10 @@ fn accuracy(env: &Env, secs: u64, md: &mut String) -> Result<()> {
         .args([
             "-seconds",
             &(secs + 2).to_string(),
+            // Go's profiler gets at most one sample per kernel tick per
+            // thread whatever the rate asked: two threads, twice the samples.
+            "-workers",
+            "2",
             "-cpurate",
             "1000",
             "-cpuprofile",
@@ -472,13 +489,13 @@ fn accuracy(env: &Env, secs: u64, md: &mut String) -> Result<()> {
     )?;
     child.wait()?;
     // Shares of the program's own work: relative to the samples under
-    // main.main. Outside it are the runtime's own threads and, in our
+    // main.loop. Outside it are the runtime's own threads and, in our
     // profile only, the cost of Go's profiler itself (its SIGPROF handler
     // at 1000 Hz), which Go's profile cannot sample.
-    let own_work = |rows: Vec<(String, f64, f64)>| -> (Vec<(String, f64, f64)>, f64) {
+    let own_work = |rows: Vec<Share>| -> (Vec<Share>, f64) {
         let main = rows
             .iter()
-            .find(|r| r.0 == "main.main")
+            .find(|r| r.0 == "main.loop")
             .map_or(100.0, |r| r.2);
         let scaled = rows
             .into_iter()
@@ -486,14 +503,16 @@ fn accuracy(env: &Env, secs: u64, md: &mut String) -> Result<()> {
             .collect();
         (scaled, main)
     };
-    let (theirs, their_main) = own_work(shares(env, &go_prof)?);
-    let (mine, my_main) = own_work(shares(env, &ours)?);
+    let (theirs, their_n) = shares(env, &go_prof)?;
+    let (mine, my_n) = shares(env, &ours)?;
+    let (theirs, their_main) = own_work(theirs);
+    let (mine, my_main) = own_work(mine);
     writeln!(md, "## 3. Accuracy against Go's own profiler\n")?;
-    writeln!(md, "The `goinline` fixture splits its work 60/30/10 between `main.hot60`, `main.warm30` (inlined) and `main.cool10`; all three call `main.mix`, which is always inlined. It writes its own runtime/pprof profile while rprof-bpf profiles it, both sampling at 1000 Hz for {secs} s, user stacks only (a signal-based profiler cannot see kernel frames; the time the kernel spends delivering Go's own profiling signals would otherwise show up in ours only) (at pprof's usual 100 Hz, sampling noise alone is about 2 points on a 30% share).\n")?;
-    writeln!(md, "Percentages are of the samples under `main.main` (the program's own work): {their_main:.2}% of Go's samples, {my_main:.2}% of ours. The rest of ours is mostly Go's profiler at work (its signal handler, 1000 times a second), which a profiler running inside the process cannot sample.\n")?;
+    writeln!(md, "The `goinline` fixture splits its work 60/30/10 between `main.hot60`, `main.warm30` (inlined) and `main.cool10`; all three call `main.mix`, which is always inlined. It runs the loop on two threads and writes its own runtime/pprof profile while rprof-bpf profiles it for {secs} s, user stacks only (a signal-based profiler cannot see kernel frames; the time the kernel spends delivering Go's own profiling signals would otherwise show up in ours only). Both ask for 1000 Hz; Go's profiler gets at most one sample per kernel tick per thread (CONFIG_HZ, often 250), so its side holds {their_n:.0} samples against our {my_n:.0} (at pprof's usual 100 Hz, sampling noise alone is about 2 points on a 30% share).\n")?;
+    writeln!(md, "Percentages are of the samples under `main.loop` (the program's own work): {their_main:.2}% of Go's samples, {my_main:.2}% of ours. The rest of ours is mostly Go's profiler at work (its signal handler, 1000 times a second), which a profiler running inside the process cannot sample.\n")?;
     writeln!(md, "| function | by construction | Go flat% | rprof-bpf flat% | Go cum% | rprof-bpf cum% | largest difference (pp) |\n| --- | --- | --- | --- | --- | --- | --- |")?;
     let mut worst: f64 = 0.0;
-    let find = |rows: &[(String, f64, f64)], name: &str| {
+    let find = |rows: &[Share], name: &str| {
         rows.iter()
             .find(|r| r.0 == name)
             .map_or((0.0, 0.0), |r| (r.1, r.2))
