@@ -807,27 +807,9 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use profiler_ebpf::abi::{COMM_LEN, MAX_FRAMES};
 
     fn sample(pid: u32, time_ns: u64, user: &[u64]) -> Sample {
-        let mut s = Sample {
-            pid,
-            tid: pid,
-            cpu: 0,
-            flags: 0,
-            time_ns,
-            period: 10_000_000,
-            start_ns: 1,
-            user_sp_word: 0,
-            user_frames: user.len() as u32,
-            kernel_frames: 0,
-            comm: [0; COMM_LEN],
-            user_stack: [0; MAX_FRAMES],
-            kernel_stack: [0; MAX_FRAMES],
-        };
-        s.user_stack[..user.len()].copy_from_slice(user);
-        s.comm[..4].copy_from_slice(b"test");
-        s
+        crate::capture::test_sample(pid, pid, time_ns, user, "test")
     }
 
     fn window(retain: Duration, cap: usize) -> Window {

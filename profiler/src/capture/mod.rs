@@ -380,3 +380,28 @@ fn drain(
         }
     }
 }
+
+/// A sample as the BPF program would send it, for unit tests of the stages
+/// after capture: user frames only (innermost first), a 10 ms period,
+/// start time 1 and the thread name `comm`.
+#[cfg(test)]
+pub(crate) fn test_sample(pid: u32, tid: u32, time_ns: u64, user: &[u64], comm: &str) -> Sample {
+    let mut s = Sample {
+        pid,
+        tid,
+        cpu: 0,
+        flags: 0,
+        time_ns,
+        period: 10_000_000,
+        start_ns: 1,
+        user_sp_word: 0,
+        user_frames: user.len() as u32,
+        kernel_frames: 0,
+        comm: [0; abi::COMM_LEN],
+        user_stack: [0; abi::MAX_FRAMES],
+        kernel_stack: [0; abi::MAX_FRAMES],
+    };
+    s.user_stack[..user.len()].copy_from_slice(user);
+    s.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+    s
+}
