@@ -151,19 +151,8 @@ fn run_build(b: &Build, dir: &Path) -> (Profile, Profile) {
     ]);
     let mut t = Target::start(cmd);
     let ours = dir.join(format!("{}.pb.gz", b.name));
-    let o = record(&[
-        "--pid",
-        &t.pid().to_string(),
-        "-F",
-        HZ,
-        // Go's own profile sees only user code: compare like with like.
-        "--user-only",
-        "--seconds",
-        "9",
-        "-q",
-        "-o",
-        ours.to_str().unwrap(),
-    ]);
+    // Go's own profile sees only user code: compare like with like.
+    let o = record_pid(t.pid(), "9", &ours, &["-F", HZ, "--user-only"]);
     assert_ok(&o);
     t.wait();
     (load(&ours), load(&go_prof))
