@@ -114,6 +114,32 @@ fn describe(r: &MappingReport) -> String {
     )
 }
 
+/// The locations that hold a sampled PC rather than a return address, so
+/// are looked up as is; all others one byte earlier. As in live mode
+/// (`encode`), that is each sample's first kernel location and its first
+/// user location: a user PC under kernel frames is where the thread
+/// entered the kernel, and live mode keeps it apart from the same address
+/// as a caller.
+fn leaf_locations(profile: &Profile) -> HashSet<u64> {
+    let kernel = profile
+        .mapping
+        .iter()
+        .find(|m| profile.str(m.filename) == KERNEL_MAPPING)
+        .map(|m| m.id);
+    let mapping_of: HashMap<u64, u64> = profile
+        .location
+        .iter()
+        .map(|l| (l.id, l.mapping_id))
+        .collect();
+    let is_kernel = |id: &u64| kernel.is_some() && mapping_of.get(id).copied() == kernel;
+    let mut leaves = HashSet::new();
+    for s in &profile.sample {
+        leaves.extend(s.location_id.first().copied());
+        leaves.extend(s.location_id.iter().find(|id| !is_kernel(id)).copied());
+    }
+    leaves
+}
+
 /// Symbolizes every mapping that is not symbolized yet. Mappings that are
 /// keep their frames untouched, so running this twice changes nothing.
 pub fn symbolize_profile(
@@ -122,13 +148,7 @@ pub fn symbolize_profile(
     symbolizer: &mut Symbolizer,
     vmlinux: Option<&Vmlinux>,
 ) -> (Profile, Vec<MappingReport>) {
-    // A location that is some sample's leaf holds the sampled PC; all others
-    // hold return addresses, looked up one byte earlier (as live mode does).
-    let leaves: HashSet<u64> = profile
-        .sample
-        .iter()
-        .filter_map(|s| s.location_id.first().copied())
-        .collect();
+    let leaves = leaf_locations(&profile);
     let mut by_mapping: HashMap<u64, Vec<usize>> = HashMap::new();
     for (i, l) in profile.location.iter().enumerate() {
         by_mapping.entry(l.mapping_id).or_default().push(i);
