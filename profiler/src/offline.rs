@@ -294,3 +294,34 @@ fn kernel_frames(
     }
     frames
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A user PC under kernel frames (a syscall) is a leaf, like a user PC
+    /// with no kernel frames; the same address as a caller is not.
+    #[test]
+    fn first_user_location_under_kernel_frames_is_a_leaf() {
+        let mut b = ProfileBuilder::new();
+        let mapping = |b: &mut ProfileBuilder, name: &str| Mapping {
+            filename: b.intern(name),
+            ..Mapping::default()
+        };
+        let m = mapping(&mut b, KERNEL_MAPPING);
+        let kernel = b.add_mapping(m);
+        let m = mapping(&mut b, "/srv/app");
+        let user = b.add_mapping(m);
+        let k_leaf = b.add_location(kernel, 0xffff_8000, vec![]);
+        let k_caller = b.add_location(kernel, 0xffff_9000, vec![]);
+        let syscall_pc = b.add_location(user, 0x1203, vec![]);
+        let as_caller = b.add_location(user, 0x1203, vec![]);
+        let spin_pc = b.add_location(user, 0x2000, vec![]);
+        let main = b.add_location(user, 0x3000, vec![]);
+        b.add_sample(vec![k_leaf, k_caller, syscall_pc, main], vec![1], vec![]);
+        b.add_sample(vec![spin_pc, as_caller, main], vec![1], vec![]);
+        let leaves = leaf_locations(&b.finish());
+        let want: HashSet<u64> = [k_leaf, syscall_pc, spin_pc].into();
+        assert_eq!(leaves, want);
+    }
+}
