@@ -82,6 +82,11 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Some(Command::Agent(a)) => a.log_format,
+        _ => rprof_bpf::logging::LogFormat::Text,
+    };
+    rprof_bpf::logging::init(log_format, tracing::Level::INFO);
     match cli.command {
         Some(Command::Report(args)) => match rprof_bpf::report::run(&args) {
             Ok(()) => ExitCode::SUCCESS,

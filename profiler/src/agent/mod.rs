@@ -152,6 +152,10 @@ pub struct AgentArgs {
     /// of samples from every CPU (1 MiB at 100 Hz on 2 CPUs).
     #[arg(long, value_parser = parse_ring_kib)]
     pub ring_size: Option<u32>,
+    /// How log lines are written to stderr: `text`, or `json` for log
+    /// collectors (one object per line).
+    #[arg(long, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// A bad combination of options: exit code 2.
