@@ -25,7 +25,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +34,7 @@ use profiler_ebpf::abi::Sample;
 use super::identity::{ProcKey, ProcMeta};
 use super::normalize::{MappingCache, UserMaps};
 use crate::process::container::{self, Labels};
-use crate::process::exits::{pidfd_open, readable};
+use crate::process::exits::{pidfd_open, ExitSet};
 use crate::process::{Binary, BinaryKey, Process, ProcessTable};
 use crate::unwind::leaf::LeafFixer;
 use crate::unwind::worker::TableWorker;
@@ -115,8 +114,9 @@ pub struct IngestStats {
 /// One process that is (or just was) running.
 struct LiveProc {
     meta: Arc<ProcMeta>,
-    /// `None`: gone before we could open one; dropped at the next tick.
-    pidfd: Option<OwnedFd>,
+    /// We hold a pidfd for it (it is in the exit set); false: gone before
+    /// we could open one, dropped at the next tick.
+    alive: bool,
     mappings: MappingCache,
     maps_gen: u32,
     /// Seen exited at the last tick: dropped at the next one.
@@ -180,6 +180,9 @@ pub struct Ingest {
     /// Pids whose tables were loaded before the capture started.
     prewarmed: HashMap<u32, u64>,
     labeler: Box<dyn Labeler>,
+    /// The live processes' pidfds, by pid. `None` if the kernel refused an
+    /// epoll set: then exits are only noticed by pid reuse.
+    exits: Option<ExitSet>,
     clock: StartClock,
     unused_since: HashMap<BinaryKey, Instant>,
     stats: IngestStats,
@@ -195,6 +198,9 @@ impl Ingest {
             tables: None,
             prewarmed: HashMap::new(),
             labeler,
+            exits: ExitSet::new()
+                .map_err(|e| tracing::warn!("cannot watch processes for exit: {e}"))
+                .ok(),
             clock: StartClock::now(),
             unused_since: HashMap::new(),
             stats: IngestStats::default(),
@@ -235,7 +241,7 @@ impl Ingest {
     /// Counters so far.
     pub fn stats(&self) -> IngestStats {
         IngestStats {
-            live: self.live.values().filter(|p| p.pidfd.is_some()).count() as u64,
+            live: self.live.values().filter(|p| p.alive).count() as u64,
             open_binaries: self.table.binary_count() as u64,
             ..self.stats
         }
@@ -269,7 +275,7 @@ impl Ingest {
         let process = self
             .table
             .get(s.pid)
-            .filter(|_| p.is_some_and(|p| p.pidfd.is_some()));
+            .filter(|_| p.is_some_and(|p| p.alive));
         let user =
             self.leaf
                 .user_stack(process, (s.pid, s.start_ns), s.user_stack(), s.user_sp_word);
@@ -308,12 +314,17 @@ impl Ingest {
         let ticks = crate::process::start_ticks(pid);
         let same = ticks.is_some_and(|t| self.clock.matches(t, key.start_ns));
         let pidfd = pidfd.filter(|_| same);
-        if pidfd.is_some() && self.prewarmed.get(&pid).is_some_and(|&t| Some(t) != ticks) {
+        let alive = match (pidfd, &mut self.exits) {
+            (Some(fd), Some(exits)) => exits.watch(u64::from(pid), fd),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if alive && self.prewarmed.get(&pid).is_some_and(|&t| Some(t) != ticks) {
             // Snapshotted before the capture, but that was another process.
             self.prewarmed.remove(&pid);
             self.table.remove(pid);
         }
-        let process = if pidfd.is_some() {
+        let process = if alive {
             self.table.observe(pid)
         } else {
             None
@@ -342,7 +353,7 @@ impl Ingest {
             }
         }
         self.stats.processes += 1;
-        if pidfd.is_none() {
+        if !alive {
             self.stats.vanished += 1;
         }
         let meta = ProcMeta::new(key, ticks.filter(|_| same).unwrap_or(0), comm, exe, labels);
@@ -350,8 +361,8 @@ impl Ingest {
             pid,
             LiveProc {
                 meta: Arc::new(meta),
-                exiting: pidfd.is_none(),
-                pidfd,
+                exiting: !alive,
+                alive,
                 mappings: MappingCache::default(),
                 maps_gen: 0,
             },
@@ -366,6 +377,9 @@ impl Ingest {
         };
         p.meta.mark_exited();
         self.stats.exited += 1;
+        if let Some(exits) = &mut self.exits {
+            exits.forget(u64::from(pid));
+        }
         self.table.remove(pid);
         if let Some(w) = &self.tables {
             w.remove(pid);
@@ -374,6 +388,19 @@ impl Ingest {
 
     /// Normalizes a new stack of `key`'s process (see the module docs).
     pub fn normalize(&mut self, key: ProcKey, user: &[u64]) -> Normalized {
+        // Address 0 is never code: a frame-pointer walk that read it went
+        // past the outermost frame, even in a process we know nothing of.
+        let zero = user.iter().position(|&a| a == 0);
+        let user = &user[..zero.unwrap_or(user.len())];
+        let mut n = self.normalize_mapped(key, user);
+        if zero.is_some() && !n.truncated {
+            n.truncated = true;
+            self.stats.truncated_stacks += 1;
+        }
+        n
+    }
+
+    fn normalize_mapped(&mut self, key: ProcKey, user: &[u64]) -> Normalized {
         let Some(p) = self.live.get_mut(&key.pid).filter(|p| p.meta.key == key) else {
             // Already finished: nothing to read the addresses against.
             return Normalized {
@@ -383,7 +410,7 @@ impl Ingest {
                 maps_gen: 0,
             };
         };
-        let live = p.pidfd.is_some();
+        let live = p.alive;
         let known = live && self.table.get(key.pid).is_some();
         let (mut maps, mut missed) =
             p.mappings
@@ -432,13 +459,12 @@ impl Ingest {
         for pid in done {
             self.finish(pid);
         }
-        let (pids, fds): (Vec<u32>, Vec<i32>) = self
-            .live
-            .iter()
-            .filter_map(|(&pid, p)| Some((pid, p.pidfd.as_ref()?.as_raw_fd())))
-            .unzip();
-        for (pid, gone) in pids.into_iter().zip(readable(&fds)) {
-            if let Some(p) = self.live.get_mut(&pid).filter(|_| gone) {
+        let exited = self.exits.as_mut().map(ExitSet::take_exited).unwrap_or_default();
+        for token in exited {
+            let Ok(pid) = u32::try_from(token) else {
+                continue;
+            };
+            if let Some(p) = self.live.get_mut(&pid) {
                 p.exiting = true;
             }
         }
@@ -452,9 +478,7 @@ impl Ingest {
 
     /// Whether a process is running (for `--pid` targets).
     pub fn is_running(&self, pid: u32) -> bool {
-        self.live
-            .get(&pid)
-            .is_some_and(|p| p.pidfd.is_some() && !p.exiting)
+        self.live.get(&pid).is_some_and(|p| p.alive && !p.exiting)
     }
 
     /// The binaries that no process and no stack has needed for a while,
@@ -553,6 +577,16 @@ mod tests {
         assert_eq!(ing.stats().truncated_stacks, 1);
         let whole = ing.normalize(key, &[here]);
         assert!(!whole.truncated && !whole.missed);
+    }
+
+    #[test]
+    fn address_zero_is_never_a_frame_even_of_an_unknown_process() {
+        let mut ing = Ingest::new(Box::new(CgroupLabeler));
+        // A pid that does not exist: nothing is known of its mappings.
+        let key = ing.ingest(&sample(u32::MAX - 7, 5, &[0x10, 0x20, 0, 0x30])).meta.key;
+        let n = ing.normalize(key, &[0x10, 0x20, 0, 0x30]);
+        assert_eq!(n.maps.len(), 2);
+        assert!(n.truncated && n.missed);
     }
 
     #[test]
