@@ -284,7 +284,11 @@ fn pull_gives_whole_stacks_without_frame_pointers() {
         );
         assert!(total(&p, 0) >= 50, "{} samples", total(&p, 0));
         assert!(root >= 0.98, "{}: {root:.3} reach the root", exe.display());
-        assert!(whole >= 0.98, "{}: {whole:.3} have {chain:?}", exe.display());
+        assert!(
+            whole >= 0.98,
+            "{}: {whole:.3} have {chain:?}",
+            exe.display()
+        );
     }
 }
 

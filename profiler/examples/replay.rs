@@ -237,7 +237,10 @@ fn templates(pid: u32, rng: &mut Rng) -> Option<Proc> {
             let path = l.split_whitespace().nth(5)?;
             (perms.contains('x') && path.starts_with('/')).then_some(())?;
             let (a, b) = range.split_once('-')?;
-            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
         })
         .collect();
     if text.is_empty() {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use rprof_bpf::capture::{Event, Unwind};
-use rprof_bpf::record::{self, RecordOptions};
+use rprof_bpf::record::{self, RecordError, RecordOptions};
 
 /// eBPF-based CPU profiler that writes pprof.
 ///
@@ -87,34 +87,35 @@ fn main() -> ExitCode {
         _ => rprof_bpf::logging::LogFormat::Text,
     };
     rprof_bpf::logging::init(log_format, tracing::Level::INFO);
-    match cli.command {
-        Some(Command::Report(args)) => match rprof_bpf::report::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("rprof-bpf: {e:#}");
-                ExitCode::from(1)
-            }
-        },
-        Some(Command::Symbolize(args)) => match rprof_bpf::offline::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("rprof-bpf: error: {e:#}");
-                ExitCode::from(1)
-            }
-        },
-        Some(Command::Agent(args)) => match rprof_bpf::agent::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("rprof-bpf: error: {e:#}");
-                let usage = e.is::<rprof_bpf::agent::UsageError>();
-                ExitCode::from(if usage { 2 } else { 1 })
-            }
-        },
+    let result = match cli.command {
+        Some(Command::Report(args)) => rprof_bpf::report::run(&args),
+        Some(Command::Symbolize(args)) => rprof_bpf::offline::run(&args),
+        Some(Command::Agent(args)) => rprof_bpf::agent::run(&args),
         None => record_main(cli.record),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rprof-bpf: error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
     }
 }
 
-fn record_main(a: RecordArgs) -> ExitCode {
+/// The one mapping from errors to exit codes: 2 for usage errors (a bad
+/// flag, an unknown pid, an unwritable output), 1 for everything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(r) = e.downcast_ref::<RecordError>() {
+        return r.exit_code();
+    }
+    if e.is::<rprof_bpf::agent::UsageError>() {
+        2
+    } else {
+        1
+    }
+}
+
+fn record_main(a: RecordArgs) -> anyhow::Result<()> {
     let opts = RecordOptions {
         pids: a.pid,
         seconds: a.seconds,
@@ -131,32 +132,25 @@ fn record_main(a: RecordArgs) -> ExitCode {
         unwind_rows: a.unwind_rows,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    match record::run(&opts) {
-        Ok(s) => {
-            let truncated = if s.truncated > 0 {
-                format!(", {} stacks truncated", s.truncated)
-            } else {
-                String::new()
-            };
-            eprintln!(
-                "rprof-bpf: {} samples, {} lost, {} process{}{truncated} -> {} ({})",
-                s.samples,
-                s.lost,
-                s.processes,
-                if s.processes == 1 { "" } else { "es" },
-                opts.output.display(),
-                human_size(s.bytes)
-            );
-            if let Some(ns) = s.bpf_ns_per_run {
-                eprintln!("rprof-bpf: BPF program cost {:.2} us per run", ns / 1000.0);
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("rprof-bpf: error: {e}");
-            ExitCode::from(e.exit_code())
-        }
+    let s = record::run(&opts)?;
+    let truncated = if s.truncated > 0 {
+        format!(", {} stacks truncated", s.truncated)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "rprof-bpf: {} samples, {} lost, {} process{}{truncated} -> {} ({})",
+        s.samples,
+        s.lost,
+        s.processes,
+        if s.processes == 1 { "" } else { "es" },
+        opts.output.display(),
+        human_size(s.bytes)
+    );
+    if let Some(ns) = s.bpf_ns_per_run {
+        eprintln!("rprof-bpf: BPF program cost {:.2} us per run", ns / 1000.0);
     }
+    Ok(())
 }
 
 fn human_size(n: usize) -> String {

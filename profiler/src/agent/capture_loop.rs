@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use profiler_ebpf::abi::Sample;
 
 use super::labels::Kubelet;
-use super::{lock, Shared};
+use super::shared::Shared;
 use crate::capture::clock::mono_now;
 use crate::capture::{CaptureStats, Sink, StopReason};
+use crate::engine::identity::lock;
 use crate::engine::ingest::{Ingest, Ingested, Labeler, Normalized};
 use crate::engine::store::window::Window;
 use crate::engine::store::{Added, StackId, Store};

@@ -24,9 +24,10 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::{watch, Semaphore};
 
 use super::metrics::{self, Counters};
-use super::{lock, Shared};
+use super::shared::Shared;
 use crate::capture::clock::{mono_now, mono_to_unix_ns};
 use crate::engine::encode::{self, Header, LabelPolicy, ReadyStack};
+use crate::engine::identity::lock;
 use crate::engine::store::window::{Filter, ProcRow};
 use crate::process::start_ticks;
 

@@ -166,23 +166,20 @@ impl Pusher {
                     return;
                 }
                 Err(Failure::Permanent(why)) => {
-                    eprintln!("rprof-bpf agent: push of {} rejected: {why}", item.name);
+                    tracing::warn!("push of {} rejected: {why}", item.name);
                     break;
                 }
                 Err(Failure::Retry(why)) if attempt < ATTEMPTS => {
                     Counters::inc(&self.counters.push_retries);
                     if attempt == 1 {
-                        eprintln!(
-                            "rprof-bpf agent: push of {} failed ({why}); retrying",
-                            item.name
-                        );
+                        tracing::warn!("push of {} failed ({why}); retrying", item.name);
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(Failure::Retry(why)) => {
-                    eprintln!(
-                        "rprof-bpf agent: giving up on {} after {ATTEMPTS} attempts: {why}",
+                    tracing::warn!(
+                        "giving up on {} after {ATTEMPTS} attempts: {why}",
                         item.name
                     );
                 }

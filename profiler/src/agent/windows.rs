@@ -9,10 +9,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::push::{self, PushPer};
+use super::shared::Shared;
 use super::symthread::SymState;
-use super::{lock, Shared};
 use crate::capture::clock::{mono_now, mono_to_unix_ns};
 use crate::engine::encode::{self, Header, LabelPolicy, ReadyStack};
+use crate::engine::identity::lock;
 use crate::engine::identity::{ProcKey, ProcMeta};
 use crate::engine::memory;
 use crate::engine::store::window::Filter;

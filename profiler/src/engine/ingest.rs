@@ -272,10 +272,7 @@ impl Ingest {
             None => self.register(key, s.comm()),
         }
         let p = self.live.get(&s.pid);
-        let process = self
-            .table
-            .get(s.pid)
-            .filter(|_| p.is_some_and(|p| p.alive));
+        let process = self.table.get(s.pid).filter(|_| p.is_some_and(|p| p.alive));
         let user =
             self.leaf
                 .user_stack(process, (s.pid, s.start_ns), s.user_stack(), s.user_sp_word);
@@ -324,11 +321,7 @@ impl Ingest {
             self.prewarmed.remove(&pid);
             self.table.remove(pid);
         }
-        let process = if alive {
-            self.table.observe(pid)
-        } else {
-            None
-        };
+        let process = if alive { self.table.observe(pid) } else { None };
         let (comm, exe) = match process {
             Some(p) => (
                 p.comm.clone(),
@@ -459,7 +452,11 @@ impl Ingest {
         for pid in done {
             self.finish(pid);
         }
-        let exited = self.exits.as_mut().map(ExitSet::take_exited).unwrap_or_default();
+        let exited = self
+            .exits
+            .as_mut()
+            .map(ExitSet::take_exited)
+            .unwrap_or_default();
         for token in exited {
             let Ok(pid) = u32::try_from(token) else {
                 continue;
@@ -583,7 +580,10 @@ mod tests {
     fn address_zero_is_never_a_frame_even_of_an_unknown_process() {
         let mut ing = Ingest::new(Box::new(CgroupLabeler));
         // A pid that does not exist: nothing is known of its mappings.
-        let key = ing.ingest(&sample(u32::MAX - 7, 5, &[0x10, 0x20, 0, 0x30])).meta.key;
+        let key = ing
+            .ingest(&sample(u32::MAX - 7, 5, &[0x10, 0x20, 0, 0x30]))
+            .meta
+            .key;
         let n = ing.normalize(key, &[0x10, 0x20, 0, 0x30]);
         assert_eq!(n.maps.len(), 2);
         assert!(n.truncated && n.missed);

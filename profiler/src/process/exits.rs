@@ -94,7 +94,12 @@ impl ExitSet {
             // SAFETY: `buf` is valid for its length; a zero timeout makes
             // this a non-blocking check.
             let n = unsafe {
-                libc::epoll_wait(self.epoll.as_raw_fd(), buf.as_mut_ptr(), buf.len() as i32, 0)
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len() as i32,
+                    0,
+                )
             };
             let Ok(n) = usize::try_from(n) else {
                 break;
