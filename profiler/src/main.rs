@@ -51,6 +51,11 @@ struct RecordArgs {
     /// Write addresses, mappings and build IDs only; name frames later.
     #[arg(long)]
     no_symbolize: bool,
+    /// Fetch debug files by build ID from debuginfod servers, after the
+    /// capture, for binaries with no debug info on this machine. With no
+    /// URL, the servers in DEBUGINFOD_URLS. Repeatable.
+    #[arg(long, value_name = "URL", num_args = 0..=1, conflicts_with = "no_symbolize")]
+    debuginfod: Option<Vec<String>>,
     /// Output file.
     #[arg(short, long, default_value = "cpu.pb.gz")]
     output: PathBuf,
@@ -99,7 +104,8 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rprof-bpf: error: {e:#}");
-                ExitCode::from(1)
+                let usage = e.is::<rprof_bpf::symbolize::debuginfod::ConfigError>();
+                ExitCode::from(if usage { 2 } else { 1 })
             }
         },
         Some(Command::Agent(args)) => match rprof_bpf::agent::run(&args) {
@@ -115,6 +121,17 @@ fn main() -> ExitCode {
 }
 
 fn record_main(a: RecordArgs) -> ExitCode {
+    use rprof_bpf::symbolize::debuginfod;
+    let debuginfod = match a.debuginfod.as_deref() {
+        Some(urls) => match debuginfod::Config::for_flag(urls, &debuginfod::process_env) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("rprof-bpf: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let opts = RecordOptions {
         pids: a.pid,
         seconds: a.seconds,
@@ -122,6 +139,7 @@ fn record_main(a: RecordArgs) -> ExitCode {
         event: a.event,
         user_only: a.user_only,
         no_symbolize: a.no_symbolize,
+        debuginfod,
         output: a.output,
         quiet: a.quiet,
         ring_bytes: a

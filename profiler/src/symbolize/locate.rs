@@ -24,8 +24,8 @@ use crate::process::buildid;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found {
     pub path: PathBuf,
-    /// A human description of the layout that matched.
-    pub how: &'static str,
+    /// A human description of the layout or source that matched.
+    pub how: String,
 }
 
 /// Searches debug and binary directories by build ID.
@@ -83,7 +83,7 @@ impl Locator {
         let scanned = self.scanned.get_or_insert_with(|| scan(&self.binary_dirs));
         scanned.get(id).map(|p| Found {
             path: p.clone(),
-            how: "--binary directory scan",
+            how: "--binary directory scan".to_owned(),
         })
     }
 }
@@ -92,7 +92,7 @@ impl Locator {
 fn verified(path: &Path, id: &str, how: &'static str) -> Option<Found> {
     (elf_identity(path)? == id).then(|| Found {
         path: path.to_owned(),
-        how,
+        how: how.to_owned(),
     })
 }
 
