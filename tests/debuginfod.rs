@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use harness::kernel::*;
 use harness::*;
-use rprof_bpf::pprof::{self, Mapping, Profile, ProfileBuilder};
+use rprof_bpf::pprof::{self, Mapping, ProfileBuilder};
 
 /// elfutils' `debuginfod` serving one directory on a free port; killed on
 /// drop. It binds every address (0.188 has no option to choose), but only
@@ -242,6 +242,13 @@ fn symbolize_with(args: &[&str], cache: &Path, env: &[(&str, &str)]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// [`symbolize_with`], which must succeed; its summary (stderr).
+fn symbolize_ok(args: &[&str], cache: &Path, env: &[(&str, &str)]) -> String {
+    let o = symbolize_with(args, cache, env);
+    assert_ok(&o);
+    stderr(&o)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -286,35 +293,6 @@ fn inline_builds(dir: &Path) -> (PathBuf, PathBuf, String) {
     (full, stripped, id)
 }
 
-/// Asserts that `got` names the inline fixture's frames exactly as the
-/// live capture of the unstripped build (`want`) does: the same lines at
-/// every common offset, the same functions, inline chains with files and
-/// lines.
-fn assert_named_as_live(want: &Profile, got: &Profile) {
-    let a = lines_by_offset(want, "/inline");
-    let b = lines_by_offset(got, "/inline");
-    let common: Vec<&u64> = a.keys().filter(|k| b.contains_key(k)).collect();
-    assert!(!common.is_empty(), "no offset named in both");
-    for k in &common {
-        assert_eq!(a[k], b[k], "offset {k:#x}");
-    }
-    let names = |m: &std::collections::HashMap<u64, Lines>| -> std::collections::BTreeSet<String> {
-        m.values().flatten().map(|l| l.0.clone()).collect()
-    };
-    assert_eq!(names(&a), names(&b));
-    assert!(b.values().any(|l| l.len() >= 2
-        && l[0].0 == "step"
-        && l[1].0 == "run"
-        && l[0].1.ends_with("inline.c")
-        && l[0].2 > 0));
-    let m = got
-        .mapping
-        .iter()
-        .find(|m| got.str(m.filename).ends_with("/inline"))
-        .unwrap();
-    assert!(m.has_functions && m.has_inline_frames && m.has_line_numbers);
-}
-
 #[test]
 fn a_real_server_names_offline_and_live_then_its_cache_without_it() {
     let _lock = capture_lock();
@@ -342,13 +320,11 @@ fn a_real_server_names_offline_and_live_then_its_cache_without_it() {
     // Offline: DEBUGINFOD_URLS, no --debug-dir.
     let cache = d("cache");
     let sym = d("sym.pb.gz");
-    let o = symbolize_with(
+    let summary = symbolize_ok(
         &[s(&raw), "-o", s(&sym)],
         &cache,
         &[("DEBUGINFOD_URLS", &url)],
     );
-    assert_ok(&o);
-    let summary = stderr(&o);
     let cached = cache.join(&id).join("debuginfo");
     let line = line_for(&summary, "/deploy/inline");
     assert!(
@@ -360,7 +336,7 @@ fn a_real_server_names_offline_and_live_then_its_cache_without_it() {
     );
     assert!(warnings(&summary).is_empty(), "{summary}");
     let symp = load(&sym);
-    assert_named_as_live(&live, &symp);
+    assert_inline_fixture_named_as_live(&live, &symp);
     // The cache is elfutils': the file itself, read-only, build ID checked.
     let meta = std::fs::metadata(&cached).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o400);
@@ -371,16 +347,7 @@ fn a_real_server_names_offline_and_live_then_its_cache_without_it() {
     let quiet_cache = d("cache-live-off");
     let off = d("live-off.pb.gz");
     let t = Target::spawn(&stripped, &["20"]);
-    let o = rprof()
-        .args([
-            "--pid",
-            &t.pid().to_string(),
-            "--seconds",
-            "2",
-            "-q",
-            "-o",
-            s(&off),
-        ])
+    let o = record_pid_command(t.pid(), "2", &off, &[])
         .env("DEBUGINFOD_URLS", &url)
         .env("DEBUGINFOD_CACHE_PATH", &quiet_cache)
         .output()
@@ -395,17 +362,7 @@ fn a_real_server_names_offline_and_live_then_its_cache_without_it() {
     let on = d("live-on.pb.gz");
     let live_cache = d("cache-live");
     let t = Target::spawn(&stripped, &["20"]);
-    let o = rprof()
-        .args([
-            "--pid",
-            &t.pid().to_string(),
-            "--seconds",
-            "2",
-            "-q",
-            "-o",
-            s(&on),
-        ])
-        .args(["--debuginfod", &url])
+    let o = record_pid_command(t.pid(), "2", &on, &["--debuginfod", &url])
         .env("DEBUGINFOD_CACHE_PATH", &live_cache)
         .output()
         .unwrap();
@@ -417,18 +374,16 @@ fn a_real_server_names_offline_and_live_then_its_cache_without_it() {
         live_cache.join(&id).join("debuginfo").display()
     );
     assert!(text.contains(&from), "{text}");
-    assert_named_as_live(&live, &load(&on));
+    assert_inline_fixture_named_as_live(&live, &load(&on));
 
     // The server stopped: the cache still names everything, the same way.
     drop(server);
     let again = d("again.pb.gz");
-    let o = symbolize_with(
+    let summary = symbolize_ok(
         &[s(&raw), "-o", s(&again)],
         &cache,
         &[("DEBUGINFOD_URLS", &url)],
     );
-    assert_ok(&o);
-    let summary = stderr(&o);
     let line = line_for(&summary, "/deploy/inline");
     assert!(
         line.contains(&format!(
@@ -441,13 +396,11 @@ fn a_real_server_names_offline_and_live_then_its_cache_without_it() {
 
     // ... and with an empty cache, the unreachable server is one warning
     // line, however many mappings wanted it, and frames stay addresses.
-    let o = symbolize_with(
+    let summary = symbolize_ok(
         &[s(&raw), "-o", s(&d("down.pb.gz"))],
         &d("cache-empty"),
         &[("DEBUGINFOD_URLS", &url)],
     );
-    assert_ok(&o);
-    let summary = stderr(&o);
     let w = warnings(&summary);
     assert_eq!(w.len(), 1, "{summary}");
     assert!(
@@ -503,13 +456,11 @@ fn the_kernel_image_comes_through_a_real_server_as_with_vmlinux() {
     let cache = d("cache");
     let by_server = d("by-server.pb.gz");
     let url = server.url();
-    let o = symbolize_with(
+    let summary = symbolize_ok(
         &[s(&raw), "-o", s(&by_server)],
         &cache,
         &[("DEBUGINFOD_URLS", &url)],
     );
-    assert_ok(&o);
-    let summary = stderr(&o);
     let line = summary
         .lines()
         .find(|l| l.contains("[kernel.kallsyms]"))
@@ -576,13 +527,11 @@ fn a_server_that_has_nothing_is_one_line_per_binary_and_a_cached_miss() {
     let url = server.url();
     let cache = d("cache");
     let out = d("out.pb.gz");
-    let o = symbolize_with(
+    let summary = symbolize_ok(
         &[s(&raw), "-o", s(&out)],
         &cache,
         &[("DEBUGINFOD_URLS", &url)],
     );
-    assert_ok(&o);
-    let summary = stderr(&o);
     // One line per binary says why, and nothing else mentions the server.
     for app in ["/srv/app0", "/srv/app1"] {
         let line = line_for(&summary, app);
@@ -606,13 +555,11 @@ fn a_server_that_has_nothing_is_one_line_per_binary_and_a_cached_miss() {
     }
 
     // Within cache_miss_s the misses stand: the server is not asked again.
-    let o = symbolize_with(
+    let summary = symbolize_ok(
         &[s(&raw), "-o", s(&out)],
         &cache,
         &[("DEBUGINFOD_URLS", &url)],
     );
-    assert_ok(&o);
-    let summary = stderr(&o);
     let line = line_for(&summary, "/srv/app0");
     assert!(
         line.contains("debuginfod: not found (a miss cached in"),
@@ -644,9 +591,7 @@ fn a_file_with_another_build_id_is_refused() {
     let url = server.url();
     let cache = d("cache");
     let out = d("out.pb.gz");
-    let o = symbolize_with(&[s(&raw), "-o", s(&out), "--debuginfod", &url], &cache, &[]);
-    assert_ok(&o);
-    let summary = stderr(&o);
+    let summary = symbolize_ok(&[s(&raw), "-o", s(&out), "--debuginfod", &url], &cache, &[]);
     let refused = format!("sent a file with build ID {other_id}, not the one asked for: refused");
     let line = line_for(&summary, "/srv/app0");
     assert!(
@@ -676,13 +621,11 @@ fn servers_that_stall_time_out_without_a_hang() {
     let slow = StandIn::start(Behaviour::StallInBody);
     let urls = format!("{} {}", silent.url(), slow.url());
     let out = d("out.pb.gz");
-    let o = symbolize_with(
+    let summary = symbolize_ok(
         &[s(&raw), "-o", s(&out)],
         &d("cache"),
         &[("DEBUGINFOD_URLS", &urls), ("DEBUGINFOD_TIMEOUT", "1")],
     );
-    assert_ok(&o);
-    let summary = stderr(&o);
     // One warning per server; each is asked once, then left alone.
     let w = warnings(&summary);
     assert_eq!(w.len(), 2, "{summary}");

@@ -3,7 +3,7 @@
 
 mod harness;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -74,31 +74,7 @@ fn split_debug_info_matches_live_symbolization() {
 
     let live = load(&live);
     let sym = load(&sym);
-    let a = lines_by_offset(&live, "/inline");
-    let b = lines_by_offset(&sym, "/inline");
-    let common: Vec<&u64> = a.keys().filter(|k| b.contains_key(k)).collect();
-    assert!(!common.is_empty());
-    for k in &common {
-        assert_eq!(a[k], b[k], "offset {k:#x}");
-    }
-    let names = |m: &HashMap<u64, Lines>| -> BTreeSet<String> {
-        m.values().flatten().map(|l| l.0.clone()).collect()
-    };
-    assert_eq!(names(&a), names(&b));
-    assert!(names(&b).is_superset(&["step", "run", "main"].map(String::from).into()));
-    // The inlined frame comes first, then the function it is inlined into,
-    // with file and line from DWARF.
-    assert!(b.values().any(|l| l.len() >= 2
-        && l[0].0 == "step"
-        && l[1].0 == "run"
-        && l[0].1.ends_with("inline.c")
-        && l[0].2 > 0));
-    let m = sym
-        .mapping
-        .iter()
-        .find(|m| sym.str(m.filename).ends_with("/inline"))
-        .unwrap();
-    assert!(m.has_functions && m.has_inline_frames && m.has_line_numbers);
+    assert_inline_fixture_named_as_live(&live, &sym);
 
     // Idempotent: symbolizing the result again changes nothing.
     let again = dir.path().join("again.pb.gz");

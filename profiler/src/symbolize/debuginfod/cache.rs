@@ -195,6 +195,11 @@ mod tests {
 
     const ID: &str = "53d38b78aa";
 
+    fn set_mtime(path: &Path, t: SystemTime) {
+        let f = File::options().write(true).open(path).unwrap();
+        f.set_modified(t).unwrap();
+    }
+
     #[test]
     fn a_download_appears_only_when_committed_in_elfutils_layout() {
         let root = tempfile::tempdir().unwrap();
@@ -239,23 +244,13 @@ mod tests {
 
         // Ten minutes and a second ago: forgotten, and removed.
         let old = SystemTime::now() - Duration::from_secs(601);
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        set_mtime(&path, old);
         assert_eq!(cache.lookup(ID, Kind::Executable), Entry::Absent);
         assert!(!path.exists());
 
         // The control file sets the time, as elfutils' does.
         cache.remember_miss(ID, Kind::Executable).unwrap();
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        set_mtime(&path, old);
         std::fs::write(root.path().join("cache_miss_s"), "3600").unwrap();
         assert_eq!(cache.lookup(ID, Kind::Executable), Entry::Miss);
 
