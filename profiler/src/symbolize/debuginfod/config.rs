@@ -26,9 +26,7 @@ pub enum ConfigError {
     },
     #[error("DEBUGINFOD_TIMEOUT={0:?} is not a whole number of seconds")]
     BadTimeout(String),
-    #[error(
-        "--debuginfod without a URL needs DEBUGINFOD_URLS; give --debuginfod URL or set DEBUGINFOD_URLS"
-    )]
+    #[error("no debuginfod server given: give --debuginfod URL, or set DEBUGINFOD_URLS")]
     NoServers,
     #[error("no debuginfod cache directory: set DEBUGINFOD_CACHE_PATH, XDG_CACHE_HOME or HOME")]
     NoCacheDir,
@@ -60,7 +58,10 @@ impl Config {
         match env("DEBUGINFOD_URLS") {
             None => Ok(None),
             Some(urls) => {
-                let list: Vec<&str> = urls.split_whitespace().collect();
+                let list: Vec<&str> = urls
+                    .split_whitespace()
+                    .filter(|u| !is_policy_token(u))
+                    .collect();
                 if list.is_empty() {
                     return Ok(None);
                 }
@@ -88,16 +89,28 @@ impl Config {
     }
 
     fn build(urls: &[&str], origin: &'static str, env: Env<'_>) -> Result<Config, ConfigError> {
-        let servers = urls
+        let servers: Vec<String> = urls
             .iter()
+            .filter(|u| !is_policy_token(u))
             .map(|u| server_url(u, origin))
             .collect::<Result<_, _>>()?;
+        if servers.is_empty() {
+            return Err(ConfigError::NoServers);
+        }
         Ok(Config {
             servers,
             timeout: timeout(env)?,
             cache_dir: cache_dir(env)?,
         })
     }
+}
+
+/// elfutils' IMA policy tokens (`ima:enforcing`, `ima:permissive`,
+/// `ima:ignore`), which Fedora's default `DEBUGINFOD_URLS` puts between its
+/// servers. They are skipped: we check no IMA signatures (every file's
+/// build ID is checked instead), and they name no server.
+fn is_policy_token(s: &str) -> bool {
+    s.starts_with("ima:")
 }
 
 /// One server prefix, checked: http or https, and a host.
@@ -182,6 +195,13 @@ mod tests {
             None
         );
         assert_eq!(Config::from_env(&env_of(&[])).unwrap(), None);
+        // Fedora's default, with elfutils' IMA policy tokens.
+        let fedora = "ima:enforcing https://debuginfod.fedoraproject.org/ ima:ignore";
+        let env = env_of(&[("DEBUGINFOD_URLS", fedora), ("HOME", "/h")]);
+        let c = Config::from_env(&env).unwrap().unwrap();
+        assert_eq!(c.servers, ["https://debuginfod.fedoraproject.org"]);
+        let env = env_of(&[("DEBUGINFOD_URLS", "ima:ignore"), ("HOME", "/h")]);
+        assert_eq!(Config::from_env(&env).unwrap(), None);
     }
 
     #[test]
