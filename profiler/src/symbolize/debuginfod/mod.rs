@@ -144,6 +144,8 @@ struct Inner {
     servers: Vec<Server>,
     /// Every build ID looked up so far, so each is asked about once.
     memo: Mutex<HashMap<String, Lookup>>,
+    /// Set once a cache failure had its warning line.
+    cache_warned: AtomicBool,
 }
 
 /// The client. Cheap to clone; clones share what they learned.
@@ -180,6 +182,7 @@ impl Debuginfod {
                 config,
                 servers,
                 memo: Mutex::new(HashMap::new()),
+                cache_warned: AtomicBool::new(false),
             }),
         }
     }
@@ -354,6 +357,14 @@ async fn resolve(inner: &Inner, http: &Http, id: &str) -> Lookup {
                         not_found_on.push(&server.url);
                     }
                 }
+                Err(Failure::Cache(e)) => {
+                    // Our disk, not the server: one warning for the run.
+                    all_said_404 = false;
+                    lookup.note(e.to_string());
+                    if !inner.cache_warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!("{e}; nothing can be fetched into it");
+                    }
+                }
                 Err(f) => {
                     all_said_404 = false;
                     if matches!(&f, Failure::Fetch(e) if e.server_is_down()) {
@@ -447,6 +458,23 @@ mod tests {
         let l = d.find("go-build-id/xyz");
         assert_eq!(l.found, None);
         assert!(l.problems[0].contains("not a GNU build ID"), "{l:?}");
+    }
+
+    #[test]
+    fn a_cache_that_cannot_be_written_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        // A file where the cache directory should be.
+        let blocked = root.path().join("cache");
+        std::fs::write(&blocked, b"").unwrap();
+        let d = Debuginfod::new(Config {
+            servers: vec!["http://127.0.0.1:1".into()],
+            timeout: None,
+            cache_dir: blocked.clone(),
+        });
+        let l = d.find(&"ab".repeat(20));
+        assert_eq!(l.found, None);
+        let want = format!("debuginfod cache {}", blocked.display());
+        assert!(l.problems.iter().any(|p| p.starts_with(&want)), "{l:?}");
     }
 
     #[test]
