@@ -51,6 +51,11 @@ struct RecordArgs {
     /// Write addresses, mappings and build IDs only; name frames later.
     #[arg(long)]
     no_symbolize: bool,
+    /// Fetch debug files by build ID from debuginfod servers, after the
+    /// capture, for binaries with no debug info on this machine. With no
+    /// URL, the servers in DEBUGINFOD_URLS. Repeatable.
+    #[arg(long, value_name = "URL", num_args = 0..=1, conflicts_with = "no_symbolize")]
+    debuginfod: Option<Vec<String>>,
     /// Output file.
     #[arg(short, long, default_value = "cpu.pb.gz")]
     output: PathBuf,
@@ -103,12 +108,15 @@ fn main() -> ExitCode {
 }
 
 /// The one mapping from errors to exit codes: 2 for usage errors (a bad
-/// flag, an unknown pid, an unwritable output), 1 for everything else.
+/// flag, an unknown pid, an unwritable output, a bad server URL), 1 for
+/// everything else.
 fn exit_code(e: &anyhow::Error) -> u8 {
     if let Some(r) = e.downcast_ref::<RecordError>() {
         return r.exit_code();
     }
-    if e.is::<rprof_bpf::agent::UsageError>() {
+    let usage = e.is::<rprof_bpf::agent::UsageError>()
+        || e.is::<rprof_bpf::symbolize::debuginfod::ConfigError>();
+    if usage {
         2
     } else {
         1
@@ -116,6 +124,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 fn record_main(a: RecordArgs) -> anyhow::Result<()> {
+    use rprof_bpf::symbolize::debuginfod;
+    let debuginfod = match a.debuginfod.as_deref() {
+        Some(urls) => Some(debuginfod::Config::for_flag(urls, &debuginfod::process_env)?),
+        None => None,
+    };
     let opts = RecordOptions {
         pids: a.pid,
         seconds: a.seconds,
@@ -123,6 +136,7 @@ fn record_main(a: RecordArgs) -> anyhow::Result<()> {
         event: a.event,
         user_only: a.user_only,
         no_symbolize: a.no_symbolize,
+        debuginfod,
         output: a.output,
         quiet: a.quiet,
         ring_bytes: a

@@ -22,6 +22,7 @@ use crate::engine::store::totals::Totals;
 use crate::engine::Engine;
 use crate::pprof;
 use crate::preflight::{self, PreflightError};
+use crate::symbolize::debuginfod::Debuginfod;
 use crate::symbolize::kernel::Kallsyms;
 use crate::unwind::loader::UnwindStats;
 use crate::unwind::worker::TableWorker;
@@ -35,6 +36,8 @@ pub struct RecordOptions {
     pub event: Event,
     pub user_only: bool,
     pub no_symbolize: bool,
+    /// Debuginfod servers for binaries without debug info here (opt-in).
+    pub debuginfod: Option<crate::symbolize::debuginfod::Config>,
     pub output: PathBuf,
     pub quiet: bool,
     pub ring_bytes: u32,
@@ -206,7 +209,8 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
     let kallsyms = (symbolize && !opts.user_only)
         .then(Kallsyms::load)
         .flatten();
-    let ready = resolve_all(&store, symbolize);
+    let debuginfod = opts.debuginfod.clone().map(Debuginfod::new);
+    let ready = resolve_all(&store, symbolize, debuginfod);
     let refs: Vec<&ReadyStack> = ready.iter().collect();
     let profile = encode::build(&refs, &header, kallsyms.as_ref(), LabelPolicy::Process);
     let bytes = write_output(&profile, &opts.output)?;
@@ -260,8 +264,9 @@ impl Sink for RecorderSink {
 }
 
 /// Every stack of the capture, named (or with mappings only).
-fn resolve_all(store: &Totals, symbolize: bool) -> Vec<ReadyStack> {
-    let mut resolver = Resolver::new(ResolveLimits::unbounded(symbolize));
+fn resolve_all(store: &Totals, symbolize: bool, debuginfod: Option<Debuginfod>) -> Vec<ReadyStack> {
+    let mut resolver =
+        Resolver::new(ResolveLimits::unbounded(symbolize)).with_debuginfod(debuginfod);
     let entries: Vec<_> = store.stacks().iter().map(|(_, e)| e).collect();
     let empty: crate::engine::normalize::UserMaps = Arc::from(Vec::new());
     let pending: Vec<Pending<'_>> = entries

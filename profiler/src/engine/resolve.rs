@@ -18,6 +18,7 @@ use std::sync::Arc;
 use super::memory;
 use super::normalize::{MappingRef, UserMaps};
 use crate::process::BinaryKey;
+use crate::symbolize::debuginfod::Debuginfod;
 use crate::symbolize::{Frame, Frames, SymbolFile, Symbolizer};
 
 /// The address to look up for a frame: a sampled PC (the stack's first
@@ -88,6 +89,8 @@ impl ResolveLimits {
 /// The symbolizers and the frame cache.
 pub struct Resolver {
     user: Symbolizer,
+    /// Given to every `user` symbolizer (opt-in; see `Symbolizer::with_debuginfod`).
+    debuginfod: Option<Debuginfod>,
     /// Binaries the current `user` symbolizer has opened by fd path.
     seen: HashSet<BinaryKey>,
     cache: HashMap<BinaryKey, HashMap<u64, Arc<[Frame]>>>,
@@ -101,6 +104,7 @@ impl Resolver {
     pub fn new(limits: ResolveLimits) -> Self {
         Resolver {
             user: Symbolizer::new(false),
+            debuginfod: None,
             seen: HashSet::new(),
             cache: HashMap::new(),
             limits,
@@ -128,8 +132,15 @@ impl Resolver {
         }
     }
 
+    /// Names binaries without debug info here from debuginfod servers.
+    pub fn with_debuginfod(mut self, d: Option<Debuginfod>) -> Self {
+        self.user = Symbolizer::new(false).with_debuginfod(d.clone());
+        self.debuginfod = d;
+        self
+    }
+
     fn reset_user(&mut self) {
-        self.user = Symbolizer::new(false);
+        self.user = Symbolizer::new(false).with_debuginfod(self.debuginfod.clone());
         self.seen.clear();
         self.parsed = 0;
     }
