@@ -126,7 +126,10 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn record_main(a: RecordArgs) -> anyhow::Result<()> {
     use rprof_bpf::symbolize::debuginfod;
     let debuginfod = match a.debuginfod.as_deref() {
-        Some(urls) => Some(debuginfod::Config::for_flag(urls, &debuginfod::process_env)?),
+        Some(urls) => Some(debuginfod::Config::for_flag(
+            urls,
+            &debuginfod::process_env,
+        )?),
         None => None,
     };
     let opts = RecordOptions {
