@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::process::events::ProcEvent;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use profiler_ebpf::abi::Sample;
 use tokio::signal::unix::{signal, SignalKind};
@@ -123,8 +124,12 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         ring_bytes: opts.ring_bytes,
         unwind: opts.unwind,
         unwind_rows: opts.unwind_rows,
+        process_events: true,
     };
     let mut ingest = Ingest::new(Box::new(CgroupLabeler));
+    if !opts.pids.is_empty() {
+        ingest.track_only(&opts.pids);
+    }
     // Snapshot the targets before the first sample: a process that exits
     // early still gets its binaries opened.
     for &pid in &opts.pids {
@@ -246,6 +251,10 @@ struct RecorderSink {
 impl Sink for RecorderSink {
     fn sample(&mut self, s: &Sample) {
         self.engine.add(s);
+    }
+
+    fn event(&mut self, e: &ProcEvent) {
+        self.engine.event(e);
     }
 
     fn tick(&mut self, stats: &CaptureStats) -> ControlFlow<StopReason> {

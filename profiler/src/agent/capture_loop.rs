@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use profiler_ebpf::abi::Sample;
 
+use crate::process::events::ProcEvent;
+
 use super::labels::Kubelet;
 use super::shared::Shared;
 use crate::capture::clock::mono_now;
@@ -88,6 +90,10 @@ impl AgentSink {
 impl Sink for AgentSink {
     fn sample(&mut self, s: &Sample) {
         self.engine.add(s);
+    }
+
+    fn event(&mut self, e: &ProcEvent) {
+        self.engine.event(e);
     }
 
     fn tick(&mut self, stats: &CaptureStats) -> ControlFlow<StopReason> {

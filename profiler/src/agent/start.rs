@@ -180,6 +180,7 @@ async fn agent_main(
         ),
         unwind: args.unwind,
         unwind_rows: args.unwind_rows,
+        process_events: true,
     })?;
     let tables = match capture.take_unwinder().map(TableWorker::start) {
         Some(Ok(w)) => Some(w),

@@ -20,6 +20,7 @@ use aya::{Ebpf, EbpfLoader};
 use profiler_ebpf::abi::{self, Sample};
 use tokio::io::unix::AsyncFd;
 
+use crate::process::events::{ProcEvent, ProcEvents};
 use crate::unwind::loader::Unwinder;
 use std::ops::ControlFlow;
 use tokio::io::Interest;
@@ -42,6 +43,9 @@ pub struct CaptureConfig {
     pub unwind: Unwind,
     /// Capacity of the shared unwind-row array (16 bytes a row).
     pub unwind_rows: u32,
+    /// Follow the kernel's process events (fork, exec, mmap, exit), so
+    /// that every process's mappings are known with the time they applied.
+    pub process_events: bool,
 }
 
 /// How user stacks are unwound in the kernel.
@@ -111,6 +115,12 @@ pub trait Sink {
     /// One sample, as read from the ring buffer.
     fn sample(&mut self, s: &Sample);
 
+    /// One of the kernel's process events (fork, exec, mmap, exit), each
+    /// before the samples read with it.
+    fn event(&mut self, e: &ProcEvent) {
+        let _ = e;
+    }
+
     /// A few times a second, right after the ring was drained, and once
     /// more after the capture stopped. `Break` stops the capture.
     fn tick(&mut self, stats: &CaptureStats) -> ControlFlow<StopReason> {
@@ -126,6 +136,8 @@ pub struct CaptureStats {
     pub samples: u64,
     /// Samples the kernel side could not queue (ring buffer full).
     pub lost: u64,
+    /// Process events the kernel could not queue.
+    pub lost_events: u64,
     /// Total time the BPF program ran and how often, when the kernel keeps
     /// these statistics (`sysctl kernel.bpf_stats_enabled=1`); else zero.
     pub bpf_run_ns: u64,
@@ -140,6 +152,11 @@ pub struct Capture {
     /// The unwind maps, until [`Capture::take_unwinder`] hands them out.
     unwinder: Option<Unwinder>,
     ring: AsyncFd<RingBuf<MapData>>,
+    /// The kernel's process events, when available.
+    events: Option<ProcEvents>,
+    /// Samples of one drain, held while the process events up to them are
+    /// handed over first.
+    batch: Vec<Sample>,
     /// The event actually in use (cycles may have fallen back to cpu-clock).
     pub event: Event,
     config: CaptureConfig,
@@ -231,10 +248,13 @@ impl Capture {
         prog.load()
             .map_err(|e| CaptureError::Load(root_cause(&e)))?;
 
+        let events = config.process_events.then(open_events).flatten();
         Ok(Capture {
             bpf,
             unwinder,
             ring,
+            events,
+            batch: Vec::new(),
             event: config.event,
             config,
             stats: CaptureStats::default(),
@@ -280,13 +300,14 @@ impl Capture {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard?;
-                    drain(guard.get_inner_mut(), &mut self.stats, sink);
+                    take(guard.get_inner_mut(), &mut self.batch);
                     guard.clear_ready();
+                    self.hand_over(sink);
                 }
                 _ = tick.tick() => {
                     // Records are queued without waking us (see wakeup_bytes
                     // in the BPF program), so the tick is what reads them.
-                    drain(self.ring.get_mut(), &mut self.stats, sink);
+                    self.drain(sink);
                     self.stats.lost = self.read_lost();
                     if let ControlFlow::Break(r) = sink.tick(&self.stats) {
                         break r;
@@ -297,11 +318,32 @@ impl Capture {
         };
         (self.stats.bpf_run_ns, self.stats.bpf_run_cnt) = self.read_run_stats();
         self.detach();
-        drain(self.ring.get_mut(), &mut self.stats, sink);
+        self.drain(sink);
         self.stats.lost = self.read_lost();
         // The last tick: what was drained after the stop is in.
         let _ = sink.tick(&self.stats);
         Ok(reason)
+    }
+
+    /// Reads the ring, then hands everything to the sink.
+    fn drain(&mut self, sink: &mut impl Sink) {
+        take(self.ring.get_mut(), &mut self.batch);
+        self.hand_over(sink);
+    }
+
+    /// Hands the sink the process events first, then the samples taken:
+    /// every event a sample depends on (the mmap of the code it ran) was
+    /// queued before the sample was, so reading the events after the
+    /// samples and handing them over first leaves none behind.
+    fn hand_over(&mut self, sink: &mut impl Sink) {
+        if let Some(ev) = &mut self.events {
+            ev.drain(|e| sink.event(e));
+            self.stats.lost_events = ev.lost();
+        }
+        for s in self.batch.drain(..) {
+            self.stats.samples += 1;
+            sink.sample(&s);
+        }
     }
 
     /// Final counters.
@@ -357,14 +399,30 @@ impl Capture {
     }
 }
 
-/// Reads every record currently in the ring.
-fn drain(ring: &mut RingBuf<MapData>, stats: &mut CaptureStats, sink: &mut impl Sink) {
+/// Takes every record now in the ring into `batch`.
+fn take(ring: &mut RingBuf<MapData>, batch: &mut Vec<Sample>) {
     while let Some(item) = ring.next() {
         if let Some(s) = Sample::from_bytes(&item) {
-            stats.samples += 1;
-            sink.sample(&s);
+            batch.push(s);
         }
     }
+}
+
+/// The process events, if the kernel lets us have them; without them,
+/// mappings come from `/proc` alone (and short-lived processes go unnamed).
+fn open_events() -> Option<ProcEvents> {
+    let cpus = match aya::util::online_cpus() {
+        Ok(c) => c,
+        Err((path, e)) => {
+            tracing::warn!("cannot list online CPUs ({path}: {e}); process events are off");
+            return None;
+        }
+    };
+    ProcEvents::open(&cpus)
+        .map_err(|e| {
+            tracing::warn!("{e}; mappings come from /proc alone, so processes that exit within a drain go unnamed")
+        })
+        .ok()
 }
 
 /// A sample as the BPF program would send it, for unit tests of the stages

@@ -33,7 +33,9 @@ use profiler_ebpf::abi::Sample;
 
 use super::identity::{ProcKey, ProcMeta};
 use super::normalize::{MappingCache, UserMaps};
+use crate::capture::clock::mono_now;
 use crate::process::container::{self, Labels};
+use crate::process::events::ProcEvent;
 use crate::process::exits::{pidfd_open, ExitSet};
 use crate::process::{Binary, BinaryKey, Process, ProcessTable};
 use crate::unwind::leaf::LeafFixer;
@@ -104,6 +106,9 @@ pub struct IngestStats {
     /// Processes registered, and those gone before we could read them.
     pub processes: u64,
     pub vanished: u64,
+    /// Of those gone before we could read them, the ones named anyway
+    /// from the kernel's process events.
+    pub named_from_events: u64,
     /// Processes finished (exited, or their pid reused).
     pub exited: u64,
     /// Processes running now (with a pidfd).
@@ -117,8 +122,10 @@ struct LiveProc {
     /// We hold a pidfd for it (it is in the exit set); false: gone before
     /// we could open one, dropped at the next tick.
     alive: bool,
+    /// When its life began as the process table knows it (0: older than
+    /// the capture), which names that life among the pid's.
+    born_ns: u64,
     mappings: MappingCache,
-    maps_gen: u32,
     /// Seen exited at the last tick: dropped at the next one.
     exiting: bool,
 }
@@ -170,6 +177,10 @@ impl StartClock {
 /// again and again (a shell, a compiler) keep what the symbolizer knows.
 const LINGER: Duration = Duration::from_secs(60);
 
+/// How long exited processes and replaced mappings are kept: longer than
+/// any sample can wait in the ring buffer (2 s for the agent's).
+const KEEP_NS: u64 = 5_000_000_000;
+
 /// The ingest stage and the live process state behind it.
 pub struct Ingest {
     table: ProcessTable,
@@ -185,6 +196,8 @@ pub struct Ingest {
     exits: Option<ExitSet>,
     clock: StartClock,
     unused_since: HashMap<BinaryKey, Instant>,
+    /// Running processes whose mappings changed since the last tick.
+    reload: std::collections::HashSet<u32>,
     stats: IngestStats,
 }
 
@@ -203,6 +216,7 @@ impl Ingest {
                 .ok(),
             clock: StartClock::now(),
             unused_since: HashMap::new(),
+            reload: std::collections::HashSet::new(),
             stats: IngestStats::default(),
         }
     }
@@ -222,6 +236,12 @@ impl Ingest {
     /// Takes the table worker back (at the end of a capture).
     pub fn take_tables(&mut self) -> Option<TableWorker> {
         self.tables.take()
+    }
+
+    /// Follows only these processes' events (a `--pid` capture): the rest
+    /// of the machine's forks and execs cost nothing.
+    pub fn track_only(&mut self, pids: &[u32]) {
+        self.table.track_only(pids);
     }
 
     /// Snapshots a process named on the command line before sampling
@@ -267,17 +287,18 @@ impl Ingest {
                 // The pid was reused: every sample of the old process came
                 // before this one in the ring, so it is done.
                 self.finish(s.pid);
-                self.register(key, s.comm());
+                self.register(key, s.comm(), s.time_ns);
             }
-            None => self.register(key, s.comm()),
+            None => self.register(key, s.comm(), s.time_ns),
         }
         let p = self.live.get(&s.pid);
-        let process = self.table.get(s.pid).filter(|_| p.is_some_and(|p| p.alive));
+        let process = self.table.at(s.pid, s.time_ns);
+        let maps_gen = process.map_or(0, |p| p.history.gen);
         let user =
             self.leaf
                 .user_stack(process, (s.pid, s.start_ns), s.user_stack(), s.user_sp_word);
         let (meta, maps_gen) = match p {
-            Some(p) => (p.meta.clone(), p.maps_gen),
+            Some(p) => (p.meta.clone(), maps_gen),
             // register() always inserts; unreachable in practice.
             None => (
                 Arc::new(ProcMeta::new(
@@ -303,7 +324,7 @@ impl Ingest {
     }
 
     /// Registers the process behind a sample's first appearance.
-    fn register(&mut self, key: ProcKey, thread_comm: &[u8]) {
+    fn register(&mut self, key: ProcKey, thread_comm: &[u8], time_ns: u64) {
         let pid = key.pid;
         // The pidfd first: if the start time read after it is the sample's,
         // the pidfd refers to the sampled process.
@@ -321,7 +342,18 @@ impl Ingest {
             self.prewarmed.remove(&pid);
             self.table.remove(pid);
         }
-        let process = if alive { self.table.observe(pid) } else { None };
+        // The process's life as the kernel's events told it, at the
+        // sample's time; else (older than the capture) a /proc snapshot,
+        // if it is still the sampled process.
+        let from_events = self.table.at(pid, time_ns).is_some_and(|p| p.born_ns > 0);
+        let process = if from_events {
+            self.table.at(pid, time_ns)
+        } else if alive {
+            self.table.observe(pid)
+        } else {
+            None
+        };
+        let born_ns = process.map_or(0, |p| p.born_ns);
         let (comm, exe) = match process {
             Some(p) => (
                 p.comm.clone(),
@@ -335,12 +367,12 @@ impl Ingest {
                 String::new(),
             ),
         };
-        let labels = if process.is_some() {
+        let labels = if alive {
             self.labeler.labels_of(pid)
         } else {
             Labels::default()
         };
-        if let (Some(w), Some(p)) = (&self.tables, process) {
+        if let (Some(w), Some(p), true) = (&self.tables, process, alive) {
             if self.prewarmed.remove(&pid).is_none() {
                 w.load(p);
             }
@@ -348,6 +380,9 @@ impl Ingest {
         self.stats.processes += 1;
         if !alive {
             self.stats.vanished += 1;
+            if process.is_some() {
+                self.stats.named_from_events += 1;
+            }
         }
         let meta = ProcMeta::new(key, ticks.filter(|_| same).unwrap_or(0), comm, exe, labels);
         self.live.insert(
@@ -356,8 +391,8 @@ impl Ingest {
                 meta: Arc::new(meta),
                 exiting: !alive,
                 alive,
+                born_ns,
                 mappings: MappingCache::default(),
-                maps_gen: 0,
             },
         );
     }
@@ -373,19 +408,21 @@ impl Ingest {
         if let Some(exits) = &mut self.exits {
             exits.forget(u64::from(pid));
         }
-        self.table.remove(pid);
+        // Forgotten once no late sample can need it (see `prune`).
+        self.table.exited(pid, p.born_ns, mono_now());
         if let Some(w) = &self.tables {
             w.remove(pid);
         }
     }
 
-    /// Normalizes a new stack of `key`'s process (see the module docs).
-    pub fn normalize(&mut self, key: ProcKey, user: &[u64]) -> Normalized {
+    /// Normalizes a new stack of `key`'s process, sampled at `time_ns`
+    /// (see the module docs).
+    pub fn normalize(&mut self, key: ProcKey, user: &[u64], time_ns: u64) -> Normalized {
         // Address 0 is never code: a frame-pointer walk that read it went
         // past the outermost frame, even in a process we know nothing of.
         let zero = user.iter().position(|&a| a == 0);
         let user = &user[..zero.unwrap_or(user.len())];
-        let mut n = self.normalize_mapped(key, user);
+        let mut n = self.normalize_mapped(key, user, time_ns);
         if zero.is_some() && !n.truncated {
             n.truncated = true;
             self.stats.truncated_stacks += 1;
@@ -393,7 +430,7 @@ impl Ingest {
         n
     }
 
-    fn normalize_mapped(&mut self, key: ProcKey, user: &[u64]) -> Normalized {
+    fn normalize_mapped(&mut self, key: ProcKey, user: &[u64], t: u64) -> Normalized {
         let Some(p) = self.live.get_mut(&key.pid).filter(|p| p.meta.key == key) else {
             // Already finished: nothing to read the addresses against.
             return Normalized {
@@ -403,27 +440,27 @@ impl Ingest {
                 maps_gen: 0,
             };
         };
-        let live = p.alive;
-        let known = live && self.table.get(key.pid).is_some();
-        let (mut maps, mut missed) =
-            p.mappings
-                .normalize(key, self.table.get(key.pid).filter(|_| live), user);
-        if missed && known && self.table.refresh(key.pid) {
-            // A dlopen or exec since the snapshot: read again, and give the
-            // unwinder the new mappings too.
-            p.maps_gen += 1;
-            let process = self.table.get(key.pid);
-            (maps, missed) = p.mappings.normalize(key, process, user);
-            if let (Some(w), Some(proc_)) = (&self.tables, process) {
-                w.load(proc_);
+        let (mut maps, mut missed) = p
+            .mappings
+            .normalize(key, self.table.at(key.pid, t), user, t);
+        if missed && p.alive && self.table.refresh(key.pid) {
+            // Mappings we were not told of (a process older than the
+            // capture, lost events): read them again, and give the unwinder
+            // the new ones too.
+            (maps, missed) = p
+                .mappings
+                .normalize(key, self.table.at(key.pid, t), user, t);
+            if let (Some(w), Some(now)) = (&self.tables, self.table.get(key.pid)) {
+                w.load(now);
             }
         }
-        // Cut at the first address in no executable mapping of a process
-        // whose mappings we know: past it, a frame-pointer walk read
-        // garbage. (Unknown processes keep their addresses: nothing says
+        // Cut at the first return address in no executable mapping when
+        // the sampled PC itself was mapped: past it, a frame-pointer walk
+        // through code without frame pointers read garbage. (A stack whose
+        // very first address is unknown keeps its addresses: nothing says
         // they are wrong.)
         let mut truncated = false;
-        if missed && known {
+        if missed && maps.first().is_some_and(Option::is_some) {
             if let Some(cut) = maps.iter().position(Option::is_none) {
                 truncated = true;
                 self.stats.truncated_stacks += 1;
@@ -435,14 +472,38 @@ impl Ingest {
             maps,
             missed,
             truncated,
-            maps_gen: p.maps_gen,
+            maps_gen: self.table.at(key.pid, t).map_or(0, |p| p.history.gen),
+        }
+    }
+
+    /// Applies one of the kernel's process events to the process table;
+    /// a running process whose mappings changed gets its unwind tables
+    /// again at the next tick.
+    pub fn event(&mut self, e: &ProcEvent) {
+        self.table.apply(e);
+        let pid = match e {
+            ProcEvent::Mmap(m) => m.pid,
+            ProcEvent::Comm {
+                pid, exec: true, ..
+            } => *pid,
+            _ => return,
+        };
+        if self.live.get(&pid).is_some_and(|p| p.alive) {
+            self.reload.insert(pid);
         }
     }
 
     /// Runs at every capture tick, right after the ring was drained: drops
     /// the processes seen exiting at the last tick, then marks those whose
-    /// pidfd says they exited since.
+    /// pidfd says they exited since; reloads changed unwind tables; forgets
+    /// what no sample can need any more.
     pub fn tick(&mut self) {
+        for pid in std::mem::take(&mut self.reload) {
+            if let (Some(w), Some(p)) = (&self.tables, self.table.get(pid)) {
+                w.load(p);
+            }
+        }
+        self.table.prune(mono_now().saturating_sub(KEEP_NS));
         let done: Vec<u32> = self
             .live
             .iter()
@@ -567,12 +628,12 @@ mod tests {
         let here = marker();
         let s = sample(me, start, &[here, here, 0x8, here]);
         let key = ing.ingest(&s).meta.key;
-        let n = ing.normalize(key, &[here, here, 0x8, here]);
+        let n = ing.normalize(key, &[here, here, 0x8, here], 0);
         assert_eq!(n.maps.len(), 2, "cut at 0x8");
         assert!(n.truncated && !n.missed);
         assert!(n.maps.iter().all(Option::is_some));
         assert_eq!(ing.stats().truncated_stacks, 1);
-        let whole = ing.normalize(key, &[here]);
+        let whole = ing.normalize(key, &[here], 0);
         assert!(!whole.truncated && !whole.missed);
     }
 
@@ -584,7 +645,7 @@ mod tests {
             .ingest(&sample(u32::MAX - 7, 5, &[0x10, 0x20, 0, 0x30]))
             .meta
             .key;
-        let n = ing.normalize(key, &[0x10, 0x20, 0, 0x30]);
+        let n = ing.normalize(key, &[0x10, 0x20, 0, 0x30], 0);
         assert_eq!(n.maps.len(), 2);
         assert!(n.truncated && n.missed);
     }

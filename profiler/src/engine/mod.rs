@@ -36,6 +36,7 @@ use std::ops::ControlFlow;
 use profiler_ebpf::abi::Sample;
 
 use crate::capture::{CaptureStats, Sink, StopReason};
+use crate::process::events::ProcEvent;
 use ingest::Ingest;
 use store::Store;
 
@@ -56,7 +57,7 @@ impl<S: Store> Engine<S> {
         let ing = self.ingest.ingest(s);
         let added = self.store.add(&ing);
         if added.needs_norm {
-            let norm = self.ingest.normalize(ing.meta.key, &ing.user);
+            let norm = self.ingest.normalize(ing.meta.key, &ing.user, ing.time_ns);
             self.store.set_norm(added.id, norm);
         }
     }
@@ -65,6 +66,10 @@ impl<S: Store> Engine<S> {
 impl<S: Store> Sink for Engine<S> {
     fn sample(&mut self, s: &Sample) {
         self.add(s);
+    }
+
+    fn event(&mut self, e: &ProcEvent) {
+        self.ingest.event(e);
     }
 
     fn tick(&mut self, _stats: &CaptureStats) -> ControlFlow<StopReason> {

@@ -55,7 +55,7 @@ pub type UserMaps = Arc<[Option<Arc<MappingRef>>]>;
 /// reference of its own.
 #[derive(Default)]
 pub struct MappingCache {
-    refs: HashMap<(u64, u64, u64), Arc<MappingRef>>,
+    refs: HashMap<(u64, u64, u64, u64), Arc<MappingRef>>,
 }
 
 impl MappingCache {
@@ -67,12 +67,13 @@ impl MappingCache {
         key: ProcKey,
         process: Option<&Process>,
         user: &[u64],
+        time_ns: u64,
     ) -> (UserMaps, bool) {
         let mut missed = false;
         let maps: Vec<Option<Arc<MappingRef>>> = user
             .iter()
             .map(|&addr| {
-                let found = process.and_then(|p| self.mapping_of(key, p, addr));
+                let found = process.and_then(|p| self.mapping_of(key, p, addr, time_ns));
                 missed |= found.is_none();
                 found
             })
@@ -80,9 +81,16 @@ impl MappingCache {
         (maps.into(), missed)
     }
 
-    fn mapping_of(&mut self, key: ProcKey, p: &Process, addr: u64) -> Option<Arc<MappingRef>> {
-        let (entry, binary) = p.find(addr)?;
-        let id = (entry.start, entry.inode, entry.offset);
+    fn mapping_of(
+        &mut self,
+        key: ProcKey,
+        p: &Process,
+        addr: u64,
+        t: u64,
+    ) -> Option<Arc<MappingRef>> {
+        let found = p.find_at(addr, t)?;
+        let (entry, binary) = (found.entry, found.binary);
+        let id = (entry.start, entry.inode, entry.offset, found.from_ns);
         let r = self.refs.entry(id).or_insert_with(|| {
             let is_main = match (&p.exe, &entry.path) {
                 (Some(exe), Some(path)) => exe.as_os_str() == path.as_str(),
@@ -112,7 +120,7 @@ mod tests {
         let here = own_code_normalizes_to_one_shared_mapping as *const () as u64;
         let key = ProcKey { pid, start_ns: 1 };
         let mut cache = MappingCache::default();
-        let (maps, missed) = cache.normalize(key, Some(p), &[here, here + 1, 8]);
+        let (maps, missed) = cache.normalize(key, Some(p), &[here, here + 1, 8], 1);
         assert!(missed, "address 8 is in no mapping");
         let (a, b) = (maps[0].as_ref().unwrap(), maps[1].as_ref().unwrap());
         assert!(Arc::ptr_eq(a, b), "one reference per mapping");

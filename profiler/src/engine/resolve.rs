@@ -301,7 +301,7 @@ mod tests {
         let mut table = ProcessTable::new();
         let p = table.observe(pid).unwrap();
         MappingCache::default()
-            .normalize(ProcKey { pid, start_ns: 1 }, Some(p), addrs)
+            .normalize(ProcKey { pid, start_ns: 1 }, Some(p), addrs, 1)
             .0
     }
 
