@@ -217,29 +217,28 @@ fn sigint_mid_capture_writes_valid_profile() {
     cmd.arg("10");
     let target = Target::start(cmd);
     let out = dir.path().join("cpu.pb.gz");
-    let child = rprof()
-        .args([
-            "--pid",
-            &target.pid().to_string(),
-            "--seconds",
-            "30",
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let tracker = CpuTracker::start(target.pid());
+    let pid = target.pid().to_string();
+    let mut capture = Running::start(&[
+        "--pid",
+        &pid,
+        "--seconds",
+        "30",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    // Two seconds of sampling, however long loading took.
+    capture.wait_profiling();
     std::thread::sleep(Duration::from_secs(2));
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let o = child.wait_with_output().unwrap();
-    assert_ok(&o);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("SIGINT"), "{stderr}");
+    capture.signal(libc::SIGINT);
+    let (status, stderr, _) = capture.finish();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(stderr.contains("SIGINT: stopping after"), "{stderr}");
     let p = load(&out);
-    let n = total(&p, 0);
-    assert!((100..=260).contains(&n), "{n} samples in ~2s");
-    assert!(p.duration_nanos < 5_000_000_000);
+    let cpu = tracker.cpu_between(p.time_nanos, p.time_nanos + p.duration_nanos);
+    assert_sample_count(total(&p, 0), cpu, 100.0);
+    // Stopped at the signal, not at the 30 s deadline.
+    assert!(p.duration_nanos < 20_000_000_000, "{} ns", p.duration_nanos);
     assert!(go_pprof(&go, &["-top", out.to_str().unwrap()])
         .status
         .success());

@@ -131,6 +131,9 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         let list: Vec<String> = opts.pids.iter().map(u32::to_string).collect();
         format!("pid {}", list.join(","))
     };
+    let total = Duration::from_secs(opts.seconds);
+    // The handlers first: once the line below is out, Ctrl-C stops cleanly.
+    let stop_at = crate::capture::stop_after(total).map_err(runtime)?;
     eprintln!(
         "Profiling {target} for {}s at {} Hz on {} (Ctrl-C to stop early)",
         opts.seconds,
@@ -139,12 +142,11 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
     );
     let bar = progress_bar(opts.seconds, opts.quiet);
 
-    let total = Duration::from_secs(opts.seconds);
     // Both callbacks need the state; they never run at the same time.
     let live = RefCell::new(live);
     let stop = capture
-        .run(
-            total,
+        .run_until(
+            stop_at,
             |s| live.borrow_mut().add(s),
             |stats| {
                 // The ring was drained just before: every sample of a

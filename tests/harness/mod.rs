@@ -197,6 +197,79 @@ pub fn record_pid(pid: u32, seconds: &str, out: &Path, extra: &[&str]) -> Output
     record(&args)
 }
 
+/// A capture running in the background, its stderr read as it comes so
+/// that a test knows when it started sampling.
+pub struct Running {
+    pub child: Child,
+    /// When the "Profiling ..." line was read; the capture's SIGINT and
+    /// SIGTERM handlers are in place before it is printed.
+    profiling: std::sync::mpsc::Receiver<Instant>,
+    profiling_at: Option<Instant>,
+    reader: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    /// Starts `rprof-bpf ARGS`.
+    pub fn start(args: &[&str]) -> Running {
+        let mut child = rprof()
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running rprof-bpf");
+        let err = BufReader::new(child.stderr.take().unwrap());
+        let (tx, profiling) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in err.lines().map_while(Result::ok) {
+                if line.starts_with("Profiling ") {
+                    let _ = tx.send(Instant::now());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        Running {
+            child,
+            profiling,
+            profiling_at: None,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits until the capture says it is profiling. Panics, with its
+    /// stderr, if it ends first.
+    pub fn wait_profiling(&mut self) -> Instant {
+        if let Some(t) = self.profiling_at {
+            return t;
+        }
+        match self.profiling.recv() {
+            Ok(t) => *self.profiling_at.insert(t),
+            Err(_) => {
+                let status = self.child.wait().unwrap();
+                let stderr = self.reader.take().unwrap().join().unwrap();
+                panic!("the capture ended ({status}) before profiling:\n{stderr}");
+            }
+        }
+    }
+
+    /// Sends `sig` to the capture; returns when it was sent.
+    pub fn signal(&self, sig: i32) -> Instant {
+        // SAFETY: kill(2) on our own child, which we have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        Instant::now()
+    }
+
+    /// Waits for the capture to exit: its status, its stderr, and when it
+    /// said it was profiling (`None` if it never did).
+    pub fn finish(mut self) -> (std::process::ExitStatus, String, Option<Instant>) {
+        let status = self.child.wait().unwrap();
+        let stderr = self.reader.take().unwrap().join().unwrap();
+        let at = self.profiling_at.or_else(|| self.profiling.try_recv().ok());
+        (status, stderr, at)
+    }
+}
+
 /// Asserts success and prints stderr on failure.
 pub fn assert_ok(out: &Output) {
     assert!(

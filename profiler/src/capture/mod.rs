@@ -256,16 +256,7 @@ impl Capture {
         on_sample: impl FnMut(&Sample),
         on_tick: impl FnMut(&CaptureStats),
     ) -> Result<StopReason, CaptureError> {
-        let deadline = Instant::now() + duration;
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let stop = async move {
-            tokio::select! {
-                _ = sleep_until(deadline) => StopReason::Deadline,
-                _ = sigint.recv() => StopReason::Signal("SIGINT"),
-                _ = sigterm.recv() => StopReason::Signal("SIGTERM"),
-            }
-        };
+        let stop = stop_after(duration)?;
         self.run_until(stop, on_sample, on_tick).await
     }
 
@@ -404,4 +395,23 @@ pub(crate) fn test_sample(pid: u32, tid: u32, time_ns: u64, user: &[u64], comm: 
     s.user_stack[..user.len()].copy_from_slice(user);
     s.comm[..comm.len()].copy_from_slice(comm.as_bytes());
     s
+}
+
+/// Completes when `duration` has passed or at the first SIGINT or SIGTERM.
+/// The handlers are in place when this returns: a caller that says "Ctrl-C
+/// to stop" after it can be sure a Ctrl-C stops the capture, and signals
+/// that come before the future is first polled are not lost.
+pub fn stop_after(
+    duration: Duration,
+) -> Result<impl std::future::Future<Output = StopReason>, CaptureError> {
+    let deadline = Instant::now() + duration;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = sleep_until(deadline) => StopReason::Deadline,
+            _ = sigint.recv() => StopReason::Signal("SIGINT"),
+            _ = sigterm.recv() => StopReason::Signal("SIGTERM"),
+        }
+    })
 }
