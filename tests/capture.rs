@@ -363,6 +363,47 @@ fn system_wide_sees_every_process() {
     assert!(flat_share(&p, "hot_inner") > 0.5);
 }
 
+/// Shell churn, the workload that showed user locations at address 0: many
+/// short processes of a shell and libc built without frame pointers.
+const SHELL_CHURN: &str = "for i in $(seq 3000); do /bin/true; sh -c 'i=0; while [ $i -lt 300 ]; do i=$((i+1)); done'; done";
+
+#[test]
+fn system_wide_capture_with_shell_churn_has_no_address_zero() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("churn.pb.gz");
+    let mut capture = Running::start(&["--seconds", "4", "-q", "-o", out.to_str().unwrap()]);
+    capture.wait_profiling();
+    let mut churn = Command::new("sh")
+        .args(["-c", SHELL_CHURN])
+        .spawn()
+        .unwrap();
+    let (status, stderr, _) = capture.finish();
+    let _ = churn.kill();
+    let _ = churn.wait();
+    assert!(status.success(), "{status}\n{stderr}");
+    let p = load(&out);
+    let shells = p
+        .sample
+        .iter()
+        .filter(|s| str_label(&p, s, "process") == Some("sh"))
+        .count();
+    assert!(shells >= 20, "only {shells} samples of the shell churn");
+    let zero: Vec<u64> = p
+        .location
+        .iter()
+        .filter(|l| l.address == 0)
+        .map(|l| l.id)
+        .collect();
+    assert!(
+        zero.is_empty(),
+        "{} of {} locations at address 0 (ids {:?})",
+        zero.len(),
+        p.location.len(),
+        &zero[..zero.len().min(10)]
+    );
+}
+
 #[test]
 fn cycles_event_or_clear_fallback() {
     let _lock = capture_lock();

@@ -18,6 +18,7 @@ use crate::preflight::{self, PreflightError};
 use crate::process::exits::ExitWatch;
 use crate::process::ProcessTable;
 use crate::symbolize::Symbolizer;
+use crate::unwind::chain_end::user_frames;
 use crate::unwind::leaf::LeafFixer;
 use crate::unwind::worker::TableWorker;
 
@@ -303,7 +304,7 @@ impl Live {
         }
         let user = self
             .leaf
-            .user_stack(&mut self.procs, s.pid, s.user_stack(), s.user_sp_word);
+            .user_stack(&mut self.procs, s.pid, user_frames(s), s.user_sp_word);
         if self.agg.add(s, &user) && crate::normalize::check_stack(&mut self.procs, s.pid, &user) {
             self.load_tables(s.pid);
         }

@@ -31,6 +31,7 @@ use super::resolve::{PendingLoc, ResolvedLoc};
 use crate::capture::CaptureStats;
 use crate::process::exits::{pidfd_open, readable};
 use crate::process::{BinaryKey, Process, ProcessTable};
+use crate::unwind::chain_end::user_frames;
 use crate::unwind::leaf::LeafFixer;
 
 /// One process lifetime, unique for the agent's lifetime.
@@ -281,9 +282,9 @@ impl Window {
             .is_some_and(|p| matches!(p.life, Life::Live(_)));
         let user = if live {
             self.leaf
-                .user_stack(&mut self.table, s.pid, s.user_stack(), s.user_sp_word)
+                .user_stack(&mut self.table, s.pid, user_frames(s), s.user_sp_word)
         } else {
-            std::borrow::Cow::Borrowed(s.user_stack())
+            std::borrow::Cow::Borrowed(user_frames(s))
         };
         let key = StackKey {
             proc: id,
