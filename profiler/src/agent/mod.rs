@@ -171,11 +171,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a duration (e.g. 120s, 5m, 500ms)"))?;
+    let secs_per_unit = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?}: too long"))
+    };
     let d = match unit.trim() {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => secs_per_unit(60)?,
+        "h" => secs_per_unit(3600)?,
         _ => return Err(format!("{s:?}: unknown unit (use ms, s, m or h)")),
     };
     if d.is_zero() {
@@ -866,6 +871,18 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+        // Minutes and hours that overflow 64-bit seconds are errors, not a
+        // panic (debug) or a wrapped, shorter duration (release).
+        assert_eq!(
+            parse_duration("18446744073709551615m"),
+            Err("\"18446744073709551615m\": too long".into())
+        );
+        assert!(parse_duration("5124095576030432h").is_err());
+        assert_eq!(
+            parse_duration("5124095576030431h"),
+            Ok(Duration::from_secs(5_124_095_576_030_431 * 3600))
+        );
+        assert!(parse_duration("307445734561825861m").is_err());
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("100k"), Ok(100 << 10));
