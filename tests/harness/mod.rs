@@ -132,6 +132,102 @@ pub fn build_c(src: &str, out: &Path, flags: &[&str]) {
     assert!(status.success(), "gcc {src} failed");
 }
 
+/// Runs a binutils/xz step of a fixture build; panics with its stderr.
+fn tool(cmd: &mut Command) -> Output {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// The defined symbols `nm --format=posix` lists, with their type letter.
+fn nm_defined(args: &[&str], file: &Path) -> Vec<(String, char)> {
+    let o = tool(
+        Command::new("nm")
+            .args(args)
+            .args(["--format=posix", "--defined-only"])
+            .arg(file),
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?.to_owned();
+            let kind = f.next()?.chars().next()?;
+            Some((name, kind))
+        })
+        .collect()
+}
+
+/// Compiles a C fixture and lays it out as Fedora and RHEL ship binaries:
+/// no symbol table and no DWARF, only MiniDebugInfo, an xz-compressed ELF
+/// in `.gnu_debugdata` holding the symbols of the functions `.dynsym`
+/// does not already name. The steps of their packaging tools: `nm` the
+/// function symbols, keep those not in `.dynsym`, `objcopy
+/// --only-keep-debug`, strip that to the kept symbols, `xz` it, strip the
+/// binary and add the compressed file as `.gnu_debugdata`.
+pub fn build_c_minidebuginfo(src: &str, out: &Path, flags: &[&str]) {
+    let dir = out.with_extension("minidebuginfo.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let full = dir.join("full");
+    build_c(src, &full, flags);
+    let dynamic: std::collections::HashSet<String> = nm_defined(&["-D"], &full)
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    let keep: Vec<String> = nm_defined(&[], &full)
+        .into_iter()
+        .filter(|(name, kind)| matches!(kind, 'T' | 't') && !dynamic.contains(name))
+        .map(|s| s.0)
+        .collect();
+    assert!(!keep.is_empty(), "{src} has no function symbols");
+    let keep_file = dir.join("keep_symbols");
+    std::fs::write(&keep_file, keep.join("\n") + "\n").unwrap();
+    let debug = dir.join("debug");
+    let mini = dir.join("mini_debuginfo");
+    tool(
+        Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&full)
+            .arg(&debug),
+    );
+    tool(
+        Command::new("objcopy")
+            .args([
+                "-S",
+                "--remove-section",
+                ".gdb_index",
+                "--remove-section",
+                ".comment",
+            ])
+            .arg(format!("--keep-symbols={}", keep_file.display()))
+            .arg(&debug)
+            .arg(&mini),
+    );
+    tool(Command::new("xz").arg("--keep").arg("--force").arg(&mini));
+    let stripped = dir.join("stripped");
+    tool(
+        Command::new("strip")
+            .args(["--strip-all", "-R", ".comment", "-o"])
+            .arg(&stripped)
+            .arg(&full),
+    );
+    tool(
+        Command::new("objcopy")
+            .arg(format!(
+                "--add-section=.gnu_debugdata={}",
+                mini.with_extension("xz").display()
+            ))
+            .arg(&stripped)
+            .arg(out),
+    );
+}
+
 /// A running fixture; killed on drop.
 pub struct Target {
     pub child: Child,

@@ -7,6 +7,7 @@
 //! KASLR slide is taken off ([`vmlinux`]).
 
 pub mod elf;
+mod failures;
 pub mod go;
 pub mod kernel;
 pub mod locate;
