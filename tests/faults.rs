@@ -437,3 +437,59 @@ fn reused_pid_is_never_merged() {
     assert!(first_n >= 40, "first process: {first_n} samples");
     assert!(second_n >= 40, "second process: {second_n} samples");
 }
+
+/// The ELF address of a function of the (unstripped) binary at `path`.
+fn symbol_address(path: &Path, name: &str) -> u64 {
+    use object::{Object, ObjectSymbol};
+    let data = std::fs::read(path).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let address = file
+        .symbols()
+        .find(|s| s.name() == Ok(name))
+        .map(|s| s.address());
+    address.unwrap_or_else(|| panic!("no symbol {name}"))
+}
+
+#[test]
+fn a_symbolizer_panic_costs_only_that_binary_its_names() {
+    use rprof_bpf::symbolize::{SymbolFile, Symbolizer};
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = hostile_spin(dir.path());
+    let good = spin(dir.path());
+
+    // The symbolizer: no panic out of it, no names for that binary, ever,
+    // and the next binary is named as usual.
+    let mut sym = Symbolizer::new(false);
+    let file = SymbolFile::open(&hostile).unwrap();
+    let at = symbol_address(&hostile, "hot_inner") + 4;
+    for _ in 0..2 {
+        assert_eq!(sym.symbolize_file(&file, &[at]), vec![vec![]]);
+    }
+    assert!(sym.is_unsymbolizable(&hostile));
+    let file = SymbolFile::open(&good).unwrap();
+    let named = sym.symbolize_file(&file, &[symbol_address(&good, "hot_inner") + 4]);
+    assert_eq!(
+        named[0].last().map(|f| f.function.as_str()),
+        Some("hot_inner")
+    );
+    assert!(!sym.is_unsymbolizable(&good));
+
+    // The recorder: a whole profile with that binary's frames unnamed, and
+    // one warning saying why instead of a panic message.
+    let _lock = capture_lock();
+    let t = Target::spawn(&hostile, &["30"]);
+    let out = dir.path().join("hostile.pb.gz");
+    let o = record_pid(t.pid(), "1", &out, &[]);
+    assert_ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked at"), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("the symbolizer panicked"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("hostile-spin"), "{stderr}");
+    let p = load(&out);
+    assert!(total(&p, 0) > 20, "{} samples", total(&p, 0));
+    assert_eq!(flat_share(&p, "hot_inner"), 0.0);
+}

@@ -228,6 +228,42 @@ pub fn build_c_minidebuginfo(src: &str, out: &Path, flags: &[&str]) {
     );
 }
 
+/// Makes a hostile binary out of a good one: sets the `st_size` of the
+/// `.symtab` symbol `name` in the ELF64 file at `path` to `size`. The
+/// program still runs (nothing reads its symbol table at run time), but
+/// a symbolizer that adds start and size unchecked overflows on it.
+pub fn set_symbol_size(path: &Path, name: &str, size: u64) {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let mut data = std::fs::read(path).unwrap();
+    let at = {
+        let file = object::File::parse(&*data).unwrap();
+        let (symtab, _) = file
+            .section_by_name(".symtab")
+            .and_then(|s| s.file_range())
+            .expect("a .symtab");
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("no symbol {name}"));
+        // Elf64_Sym: name (4), info, other, shndx (2), value (8), size (8).
+        usize::try_from(symtab).unwrap() + sym.index().0 * 24 + 16
+    };
+    data[at..at + 8].copy_from_slice(&size.to_le_bytes());
+    std::fs::write(path, data).unwrap();
+}
+
+/// `hostile-spin` in `dir`: a binary blazesym panics on. It is the spin
+/// fixture without DWARF, its `hot_inner` symbol claiming to be 2^64-1
+/// bytes long: symbolizing an address in it adds start and size, which
+/// with overflow checks (as in the test builds) panics. The program itself
+/// runs as usual.
+pub fn hostile_spin(dir: &Path) -> PathBuf {
+    let exe = dir.join("hostile-spin");
+    build_c("spin.c", &exe, &["-O2", "-fno-omit-frame-pointer"]);
+    set_symbol_size(&exe, "hot_inner", u64::MAX);
+    exe
+}
+
 /// A running fixture; killed on drop.
 pub struct Target {
     pub child: Child,
