@@ -137,7 +137,7 @@ impl Agent {
         std::thread::sleep(Duration::from_millis(100));
         let log = self.log();
         assert!(status.success(), "agent exited with {status}:\n{log}");
-        assert!(!log.contains("panicked"), "{log}");
+        assert!(!log.contains("panicked at"), "{log}");
         log
     }
 }
@@ -1009,6 +1009,49 @@ fn churn_of_short_lived_processes_keeps_memory_bounded() {
         base_rss.0 >> 20
     );
     agent.stop();
+}
+
+/// A binary the symbolizer panics on costs that binary its names, once:
+/// the symbolizer thread goes on naming everything else, the binary is
+/// counted, and /healthz stays green because every worker still works.
+#[test]
+fn a_symbolizer_panic_leaves_one_binary_unnamed_and_the_agent_healthy() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (hostile, good) = (hostile_spin(dir.path()), spin_binary(dir.path()));
+    // User stacks only: no kernel symbols to load, less work on a busy machine.
+    let agent = Agent::start(&["--user-only"]);
+    // Killed on drop, long before they would end.
+    let hostile = spin(&hostile, 600);
+    let good = spin(&good, 600);
+    let profile_of = |t: &Target| {
+        let p = agent
+            .get(&format!("/debug/pprof/profile?pid={}&seconds=3", t.pid()))
+            .profile();
+        // Few samples suffice to see names; a busy machine gives few.
+        assert!(total(&p, 0) >= 10, "{} samples in 3 s", total(&p, 0));
+        p
+    };
+    for round in 0..2 {
+        let p = profile_of(&hostile);
+        assert_eq!(flat_share(&p, "hot_inner"), 0.0, "round {round}");
+        let m = agent.metrics(&[]);
+        assert_eq!(
+            m["rprof_agent_unsymbolizable_binaries_total"], 1.0,
+            "round {round}"
+        );
+        let p = profile_of(&good);
+        assert!(flat_share(&p, "hot_inner") > 0.9, "round {round}");
+        let health = agent.get("/healthz");
+        assert_eq!(health.status, 200, "round {round}: {}", health.text());
+    }
+    let log = agent.stop();
+    assert_eq!(
+        log.matches("the symbolizer panicked").count(),
+        1,
+        "one warning for the binary:\n{log}"
+    );
+    assert!(log.contains("hostile-spin"), "{log}");
 }
 
 #[test]

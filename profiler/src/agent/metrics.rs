@@ -23,6 +23,8 @@ pub struct Counters {
     /// Times the parsed symbol tables and debug info were dropped for
     /// outgrowing their memory budget.
     pub symbolizer_resets: AtomicU64,
+    /// Binaries given up on because a symbolizer panicked on them.
+    pub unsymbolizable_binaries: AtomicU64,
     pub binaries_closed: AtomicU64,
     pub push_success: AtomicU64,
     pub push_failures: AtomicU64,
@@ -211,6 +213,12 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
         "rprof_agent_symbolizer_resets_total",
         "Times parsed symbol tables and debug info were dropped at their memory budget.",
         &c.symbolizer_resets,
+    );
+    ctr(
+        &mut o,
+        "rprof_agent_unsymbolizable_binaries_total",
+        "Binaries whose frames stay unnamed because a symbolizer panicked on them.",
+        &c.unsymbolizable_binaries,
     );
     ctr(
         &mut o,

@@ -21,6 +21,7 @@
 //! exited processes there and then releases their binaries.
 
 pub mod files;
+pub mod health;
 pub mod http;
 pub mod kubeapi;
 pub mod labels;
@@ -229,6 +230,8 @@ pub struct Shared {
     pub drained: watch::Sender<u64>,
     /// Monotonic ns of the capture loop's last tick, for /healthz.
     pub last_tick: AtomicU64,
+    /// The other workers /healthz checks.
+    pub health: health::Health,
     pub event: Event,
     pub frequency: u64,
     pub token: Option<String>,
@@ -513,6 +516,7 @@ async fn agent_main(
         }
         None => None,
     };
+    let health = health::Health::new();
     let shared = Arc::new(Shared {
         window: Mutex::new(Window::new(
             args.retain,
@@ -528,12 +532,15 @@ async fn agent_main(
                 usize::try_from(args.symbolizer_memory).unwrap_or(usize::MAX),
                 counters.clone(),
             );
-            SymThread::spawn(move || Sym::new(cap, kernel, budget, c))
-                .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?
+            SymThread::spawn(health.symbolizer.clone(), move || {
+                Sym::new(cap, kernel, budget, c)
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?
         },
         counters,
         drained: watch::channel(0).0,
         last_tick: AtomicU64::new(mono_now()),
+        health,
         event: capture.event,
         frequency: args.frequency,
         token,
@@ -551,19 +558,23 @@ async fn agent_main(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(http::serve(listener, shared.clone(), stop_rx.clone()));
-    tokio::spawn(janitor(shared.clone(), stop_rx.clone()));
+    let janitor = tokio::spawn(janitor(shared.clone(), stop_rx.clone()));
+    shared.health.watch("janitor", janitor);
     if let Some(api) = kube_api {
         let s = shared.clone();
         let relabel = move || lock(&s.window).relabel();
-        tokio::spawn(kubeapi::refresher(api, relabel, stop_rx.clone()));
+        let refresher = tokio::spawn(kubeapi::refresher(api, relabel, stop_rx.clone()));
+        shared.health.watch("API-server refresher", refresher);
     }
     let windows = (shared.pusher.is_some() || shared.files.is_some())
-        .then(|| tokio::spawn(window_loop(shared.clone(), args.window, stop_rx.clone())));
+        .then(|| tokio::spawn(window_loop(shared.clone(), args.window, stop_rx.clone())))
+        .map(|task| shared.health.watch("window", task));
     // Pushers stop last, after the final window is queued.
     let (push_stop_tx, push_stop_rx) = watch::channel(false);
     if let Some(p) = &shared.pusher {
         for _ in 0..push::WORKERS {
-            tokio::spawn(p.clone().worker(push_stop_rx.clone()));
+            let pusher = tokio::spawn(p.clone().worker(push_stop_rx.clone()));
+            shared.health.watch("push", pusher);
         }
     }
     eprintln!(

@@ -96,6 +96,9 @@ pub struct Sym {
     /// symbolized, for as long as the binary stays open. Past this much,
     /// all of it is dropped.
     parsed_budget: usize,
+    /// Binaries a symbolizer panicked on: never symbolized again, across
+    /// resets of `user` (which forget them).
+    unsymbolizable: HashSet<BinaryKey>,
     counters: Arc<Counters>,
 }
 
@@ -114,6 +117,7 @@ impl Sym {
             cap,
             parsed: 0,
             parsed_budget,
+            unsymbolizable: HashSet::new(),
             counters,
         }
     }
@@ -167,11 +171,13 @@ impl Sym {
     /// whether the state was dropped (so the heap is worth trimming).
     fn symbolize_within_budget(
         &mut self,
+        key: BinaryKey,
         file: &SymbolFile,
         vaddrs: &[u64],
     ) -> (Vec<Frames>, bool) {
         let before = super::memory_in_use();
         let found = self.user.symbolize_file(file, vaddrs);
+        self.note_if_unsymbolizable(key, file);
         let grown = match (before, super::memory_in_use()) {
             (Some(b), Some(a)) => a.saturating_sub(b),
             // No way to tell: assume the worst, keep nothing.
@@ -184,6 +190,14 @@ impl Sym {
         self.reset_user();
         Counters::inc(&self.counters.symbolizer_resets);
         (found, true)
+    }
+
+    /// Remembers, and counts, a binary the symbolizer just gave up on
+    /// because it panicked on it (see [`Symbolizer::symbolize_file`]).
+    fn note_if_unsymbolizable(&mut self, key: BinaryKey, file: &SymbolFile) {
+        if self.user.is_unsymbolizable(&file.path) && self.unsymbolizable.insert(key) {
+            Counters::inc(&self.counters.unsymbolizable_binaries);
+        }
     }
 
     /// Resolves stacks of pending locations, each for its process. One
@@ -251,11 +265,14 @@ impl Sym {
             let Some(Some(file)) = files.get(&bk) else {
                 continue;
             };
+            if self.unsymbolizable.contains(&bk) {
+                continue;
+            }
             for _ in &vaddrs {
                 Counters::inc(&self.counters.symbol_cache_misses);
             }
             self.seen.insert(bk);
-            let (found, reset) = self.symbolize_within_budget(file, &vaddrs);
+            let (found, reset) = self.symbolize_within_budget(bk, file, &vaddrs);
             dropped |= reset;
             for (v, frames) in vaddrs.into_iter().zip(found) {
                 fresh.insert((bk, v), frames.into());
@@ -322,15 +339,20 @@ pub struct SymThread {
 }
 
 impl SymThread {
-    /// Starts the thread; `make` builds the `Sym` there.
-    pub fn spawn(make: impl FnOnce() -> Sym + Send + 'static) -> std::io::Result<SymThread> {
+    /// Starts the thread; `make` builds the `Sym` there. `health` follows
+    /// its jobs and learns when it ends.
+    pub fn spawn(
+        health: Arc<super::health::Worker>,
+        make: impl FnOnce() -> Sym + Send + 'static,
+    ) -> std::io::Result<SymThread> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("rprof-symbolize".into())
             .spawn(move || {
+                let _dead_on_exit = health.dead_on_drop();
                 let mut sym = make();
                 while let Ok(job) = rx.recv() {
-                    job(&mut sym);
+                    health.job(|| job(&mut sym));
                 }
             })?;
         Ok(SymThread { tx })
