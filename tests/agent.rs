@@ -1029,7 +1029,7 @@ fn a_symbolizer_panic_leaves_one_binary_unnamed_and_the_agent_healthy() {
             .get(&format!("/debug/pprof/profile?pid={}&seconds=3", t.pid()))
             .profile();
         // Few samples suffice to see names; a busy machine gives few.
-        assert!(total(&p, 0) >= 10, "{} samples in 3 s", total(&p, 0));
+        assert!(total(&p, 0) >= 5, "{} samples in 3 s", total(&p, 0));
         p
     };
     for round in 0..2 {

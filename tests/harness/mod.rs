@@ -402,6 +402,38 @@ impl Running {
     }
 }
 
+/// Profiles `pid` into `out`, asking for 60 s, and sends `sig` (called
+/// `name`) once the capture has been sampling for `sampling`. The capture
+/// must stop at the signal: exit 0, `NAME: stopping after` on stderr, and
+/// a profile far shorter than asked for, which is returned.
+pub fn stop_with_signal(pid: u32, out: &Path, sampling: Duration, sig: i32, name: &str) -> Profile {
+    let pid = pid.to_string();
+    let mut capture = Running::start(&[
+        "--pid",
+        &pid,
+        "--seconds",
+        "60",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    capture.wait_profiling();
+    std::thread::sleep(sampling);
+    capture.signal(sig);
+    let (status, stderr, _) = capture.finish();
+    assert!(status.success(), "{name}: {status}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("{name}: stopping after")),
+        "{stderr}"
+    );
+    let p = load(out);
+    assert!(
+        p.duration_nanos < 30_000_000_000,
+        "{name}: ran {} s of the 60 asked for",
+        p.duration_nanos / 1_000_000_000
+    );
+    p
+}
+
 /// Asserts success and prints stderr on failure.
 pub fn assert_ok(out: &Output) {
     assert!(
