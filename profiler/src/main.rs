@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use rprof_bpf::capture::{Event, Unwind};
-use rprof_bpf::record::{self, RecordError, RecordOptions};
+use rprof_bpf::record::{self, RecordOptions};
 
 /// eBPF-based CPU profiler that writes pprof.
 ///
@@ -133,8 +133,13 @@ fn record_main(a: RecordArgs) -> ExitCode {
     };
     match record::run(&opts) {
         Ok(s) => {
+            let truncated = if s.truncated > 0 {
+                format!(", {} stacks truncated", s.truncated)
+            } else {
+                String::new()
+            };
             eprintln!(
-                "rprof-bpf: {} samples, {} lost, {} process{} -> {} ({})",
+                "rprof-bpf: {} samples, {} lost, {} process{}{truncated} -> {} ({})",
                 s.samples,
                 s.lost,
                 s.processes,
@@ -147,13 +152,9 @@ fn record_main(a: RecordArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(RecordError::Usage(m)) => {
-            eprintln!("rprof-bpf: error: {m}");
-            ExitCode::from(2)
-        }
-        Err(RecordError::Runtime(m)) => {
-            eprintln!("rprof-bpf: error: {m}");
-            ExitCode::from(1)
+        Err(e) => {
+            eprintln!("rprof-bpf: error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::encode::{line, MappingFlags, KERNEL_MAPPING};
+use crate::engine::encode::{line, MappingFlags, KERNEL_MAPPING};
+use crate::engine::resolve::lookup_pc;
 use crate::pprof::{self, Line, Mapping, Profile, ProfileBuilder};
 use crate::symbolize::elf::ElfSymbolizer;
 use crate::symbolize::kernel::Kallsyms;
@@ -183,15 +184,7 @@ pub fn symbolize_profile(
             .iter()
             .map(|&i| {
                 let l = &b.profile().location[i];
-                let leaf = leaves.contains(&l.id);
-                (
-                    i,
-                    if leaf {
-                        l.address
-                    } else {
-                        l.address.saturating_sub(1)
-                    },
-                )
+                (i, lookup_pc(l.address, leaves.contains(&l.id)))
             })
             .collect();
         let frames: Vec<Vec<Frame>> = if filename == KERNEL_MAPPING {

@@ -580,3 +580,59 @@ pub fn utilization(pid: u32, window: Duration) -> f64 {
     std::thread::sleep(window);
     (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64()
 }
+
+/// Functions where a complete user stack ends: a thread's root.
+pub const ROOTS: &[&str] = &[
+    "_start",
+    "__clone3",
+    "clone3",
+    "__clone",
+    "clone",
+    "runtime.goexit",
+];
+
+/// Share (0..1) of samples whose outermost user frame is a thread root.
+pub fn root_share(p: &Profile) -> f64 {
+    let reached: i64 = p
+        .sample
+        .iter()
+        .filter(|s| {
+            stack_names(p, s)
+                .last()
+                .is_some_and(|n| ROOTS.contains(&n.as_str()))
+        })
+        .map(|s| s.value[0])
+        .sum();
+    reached as f64 / total(p, 0).max(1) as f64
+}
+
+/// Share (0..1) of samples whose stack holds `chain` (leaf first) as
+/// consecutive frames.
+pub fn chain_share(p: &Profile, chain: &[&str]) -> f64 {
+    let hit: i64 = p
+        .sample
+        .iter()
+        .filter(|s| {
+            let n = stack_names(p, s);
+            n.windows(chain.len())
+                .any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
+        })
+        .map(|s| s.value[0])
+        .sum();
+    hit as f64 / total(p, 0).max(1) as f64
+}
+
+/// Builds the Rust release fixture (`tests/fixtures/rustspin`: no frame
+/// pointers) and returns its path.
+pub fn build_rustspin() -> PathBuf {
+    let target = root().join("target/fixtures-rust");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--offline", "-q", "--manifest-path"])
+        .arg(fixtures().join("rustspin/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .status()
+        .expect("running cargo");
+    assert!(status.success(), "building the rustspin fixture failed");
+    target.join("release/rustspin")
+}

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::window::mono_now;
+use crate::capture::clock::mono_now;
 
 /// Longest time the capture loop may go without a tick.
 const CAPTURE_STALL_NS: u64 = 5_000_000_000;

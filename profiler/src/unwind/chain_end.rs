@@ -13,7 +13,8 @@
 //! stack ends before the first 0, and nothing at address 0 is ever emitted.
 //!
 //! The `.eh_frame` unwinder stops at a zero return address on its own; this
-//! is the one place the frame-pointer path is checked, at ingest.
+//! is the one place the frame-pointer path is checked, at ingest
+//! ([`crate::engine::ingest`]).
 
 use profiler_ebpf::abi::Sample;
 
