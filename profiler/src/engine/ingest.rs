@@ -36,7 +36,6 @@ use super::normalize::{MappingCache, UserMaps};
 use crate::process::container::{self, Labels};
 use crate::process::exits::{pidfd_open, ExitSet};
 use crate::process::{Binary, BinaryKey, Process, ProcessTable};
-use crate::unwind::chain_end::user_frames;
 use crate::unwind::leaf::LeafFixer;
 use crate::unwind::worker::TableWorker;
 
@@ -276,7 +275,7 @@ impl Ingest {
         let process = self.table.get(s.pid).filter(|_| p.is_some_and(|p| p.alive));
         let user =
             self.leaf
-                .user_stack(process, (s.pid, s.start_ns), user_frames(s), s.user_sp_word);
+                .user_stack(process, (s.pid, s.start_ns), s.user_stack(), s.user_sp_word);
         let (meta, maps_gen) = match p {
             Some(p) => (p.meta.clone(), p.maps_gen),
             // register() always inserts; unreachable in practice.
