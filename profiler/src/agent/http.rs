@@ -493,15 +493,11 @@ async fn symbol_lookup() -> Response {
     text(StatusCode::OK, "")
 }
 
+/// `ok` while every worker the agent depends on works (see `health`).
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    let age = mono_now().saturating_sub(s.last_tick.load(Ordering::Relaxed));
-    if age < 5_000_000_000 {
-        text(StatusCode::OK, "ok")
-    } else {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("capture loop stalled for {:.1}s", age as f64 / 1e9),
-        )
+    match s.health.check(s.last_tick.load(Ordering::Relaxed)) {
+        Ok(()) => text(StatusCode::OK, "ok"),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

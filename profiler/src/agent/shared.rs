@@ -32,6 +32,8 @@ pub struct Shared {
     pub drained: watch::Sender<u64>,
     /// Monotonic ns of the capture loop's last tick, for /healthz.
     pub last_tick: AtomicU64,
+    /// The other workers /healthz checks.
+    pub health: super::health::Health,
     pub event: Event,
     pub frequency: u64,
     pub token: Option<String>,

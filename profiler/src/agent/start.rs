@@ -212,6 +212,7 @@ async fn agent_main(
         None => None,
     };
     let kube = Arc::new(Mutex::new(kube));
+    let health = super::health::Health::new();
     let shared = Arc::new(Shared {
         window: Mutex::new(Window::new(
             args.retain,
@@ -225,12 +226,15 @@ async fn agent_main(
                 parsed_memory: usize::try_from(args.symbolizer_memory).unwrap_or(usize::MAX),
             };
             let (kernel, c) = (!args.user_only, counters.clone());
-            SymThread::spawn(move || SymState::new(limits, kernel, c))
-                .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?
+            SymThread::spawn(health.symbolizer.clone(), move || {
+                SymState::new(limits, kernel, c)
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?
         },
         counters,
         drained: watch::channel(0).0,
         last_tick: AtomicU64::new(mono_now()),
+        health,
         event: capture.event,
         frequency: args.frequency,
         token,
@@ -248,24 +252,28 @@ async fn agent_main(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(http::serve(listener, shared.clone(), stop_rx.clone()));
-    tokio::spawn(windows::janitor(shared.clone(), stop_rx.clone()));
+    let janitor = tokio::spawn(windows::janitor(shared.clone(), stop_rx.clone()));
+    shared.health.watch("janitor", janitor);
     if let Some(api) = kube_api {
         let s = shared.clone();
         let relabel = move || labels::relabel(&lock(&s.window).processes(), &s.kube);
-        tokio::spawn(kubeapi::refresher(api, relabel, stop_rx.clone()));
+        let refresher = tokio::spawn(kubeapi::refresher(api, relabel, stop_rx.clone()));
+        shared.health.watch("API-server refresher", refresher);
     }
     let windows = (shared.pusher.is_some() || shared.files.is_some()).then(|| {
-        tokio::spawn(windows::window_loop(
+        let task = tokio::spawn(windows::window_loop(
             shared.clone(),
             args.window,
             stop_rx.clone(),
-        ))
+        ));
+        shared.health.watch("window", task)
     });
     // Pushers stop last, after the final window is queued.
     let (push_stop_tx, push_stop_rx) = watch::channel(false);
     if let Some(p) = &shared.pusher {
         for _ in 0..push::WORKERS {
-            tokio::spawn(p.clone().worker(push_stop_rx.clone()));
+            let pusher = tokio::spawn(p.clone().worker(push_stop_rx.clone()));
+            shared.health.watch("push", pusher);
         }
     }
     tracing::info!(
