@@ -150,11 +150,17 @@ fn record_main(a: RecordArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let s = record::run(&opts)?;
-    let truncated = if s.truncated > 0 {
+    let mut truncated = if s.truncated > 0 {
         format!(", {} stacks truncated", s.truncated)
     } else {
         String::new()
     };
+    if s.anon_frames >= 0.0005 {
+        truncated.push_str(&format!(
+            ", {:.1}% of user frames in anonymous memory",
+            100.0 * s.anon_frames
+        ));
+    }
     eprintln!(
         "rprof-bpf: {} samples, {} lost, {} process{}{truncated} -> {} ({})",
         s.samples,

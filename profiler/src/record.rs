@@ -92,6 +92,9 @@ pub struct Summary {
     pub processes: usize,
     /// Stacks cut at an address in no executable mapping.
     pub truncated: u64,
+    /// Share (0..1) of sampled user frames in anonymous executable memory
+    /// (JIT code): they keep their addresses, nothing can name them.
+    pub anon_frames: f64,
     pub bytes: usize,
     pub stop: StopReason,
     /// Mean BPF program run time per invocation in ns, when the kernel's
@@ -197,6 +200,12 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         print_unwind_stats(&st);
     }
     report_stop(stop, duration, stats.lost);
+    if stats.lost_events > 0 {
+        tracing::warn!(
+            "{} process events were lost (a per-CPU ring was full): mappings of processes created then may be unknown",
+            stats.lost_events
+        );
+    }
 
     let truncated = ingest.stats().truncated_stacks;
     let header = Header {
@@ -216,6 +225,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         .flatten();
     let debuginfod = opts.debuginfod.clone().map(Debuginfod::new);
     let ready = resolve_all(&store, symbolize, debuginfod);
+    let anon_frames = anonymous_share(&ready);
     let refs: Vec<&ReadyStack> = ready.iter().collect();
     let profile = encode::build(&refs, &header, kallsyms.as_ref(), LabelPolicy::Process);
     let bytes = write_output(&profile, &opts.output)?;
@@ -231,6 +241,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         lost: stats.lost,
         processes: store.processes(),
         truncated,
+        anon_frames,
         bytes,
         stop,
         bpf_ns_per_run: (stats.bpf_run_cnt > 0)
@@ -301,6 +312,21 @@ fn resolve_all(store: &Totals, symbolize: bool, debuginfod: Option<Debuginfod>) 
             weight: e.weight,
         })
         .collect()
+}
+
+/// Of all sampled user frames, the share in executable memory backed by
+/// no file.
+fn anonymous_share(stacks: &[ReadyStack]) -> f64 {
+    let (mut all, mut anon) = (0u64, 0u64);
+    for s in stacks {
+        for loc in s.user.iter() {
+            all += s.samples;
+            if loc.mapping.as_ref().is_some_and(|m| !m.entry.is_file()) {
+                anon += s.samples;
+            }
+        }
+    }
+    anon as f64 / all.max(1) as f64
 }
 
 fn describe_targets(pids: &[u32]) -> String {

@@ -75,10 +75,13 @@ pub struct Ingested<'a> {
     pub time_ns: u64,
     /// The sample's weight: ns of CPU for cpu-clock, cycles for the PMU.
     pub weight: u64,
-    /// How many times the process's mappings were re-read so far: a stack
+    /// How many times the process's mappings changed so far: a stack
     /// normalized with a miss under an older generation is worth another
     /// try.
     pub maps_gen: u32,
+    /// The process's mapping epoch at the sample's time (see
+    /// [`Process::epoch_at`]): part of the stack's identity.
+    pub epoch: u32,
 }
 
 /// A stack's user frames as they go into profiles.
@@ -294,6 +297,7 @@ impl Ingest {
         let p = self.live.get(&s.pid);
         let process = self.table.at(s.pid, s.time_ns);
         let maps_gen = process.map_or(0, |p| p.history.gen);
+        let epoch = process.map_or(0, |p| p.epoch_at(s.time_ns));
         let user =
             self.leaf
                 .user_stack(process, (s.pid, s.start_ns), s.user_stack(), s.user_sp_word);
@@ -320,6 +324,7 @@ impl Ingest {
             time_ns: s.time_ns,
             weight: s.period,
             maps_gen,
+            epoch,
         }
     }
 

@@ -331,6 +331,7 @@ mod tests {
             time_ns,
             weight: 10_000_000,
             maps_gen: 0,
+            epoch: 0,
         });
         if a.needs_norm {
             w.set_norm(
@@ -384,6 +385,7 @@ mod tests {
             time_ns: 5,
             weight: 10_000_000_000,
             maps_gen: 0,
+            epoch: 0,
         });
         assert!(a.needs_norm);
         let sel = w.select(&Filter::All, 0, 10);
