@@ -13,8 +13,10 @@
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
+use regex::Regex;
+
 use super::format::base_name;
-use super::model::Model;
+use super::model::{LineInfo, Model};
 
 /// What identifies a node (pprof's `NodeInfo` with addresses, files and
 /// lines aggregated away).
@@ -56,14 +58,20 @@ pub struct Stacks {
     pub keys: Vec<NodeKey>,
     /// Node id → printable name.
     pub names: Vec<String>,
-    /// Location index → node ids, innermost inlined function first.
+    /// Location index → node ids, innermost inlined function first; empty
+    /// for a location `--hide` removed.
     pub location_nodes: Vec<Vec<usize>>,
+    /// `--hide` matched some location.
+    pub hide_matched: bool,
 }
 
 impl Stacks {
-    /// Expands every location of `model` into nodes. With `noinlines`, only
-    /// the physical (outermost) function of each location is kept.
-    pub fn new(model: &Model, noinlines: bool) -> Stacks {
+    /// Expands every location of `model` into nodes. Functions matching
+    /// `hide` (by name or source file) are left out, and so are locations
+    /// whose mapping matches it (pprof's `-hide`). Then, with `noinlines`,
+    /// only the physical (outermost) function of each location is kept.
+    pub fn new(model: &Model, noinlines: bool, hide: Option<&Regex>) -> Stacks {
+        let mut hide_matched = false;
         let mut ids: HashMap<NodeKey, usize> = HashMap::new();
         let mut keys = Vec::new();
         let mut intern = |key: NodeKey| -> usize {
@@ -77,11 +85,29 @@ impl Stacks {
             .iter()
             .map(|loc| {
                 let objfile = model.mapping_file(loc);
-                let lines = if noinlines && loc.lines.len() > 1 {
-                    &loc.lines[loc.lines.len() - 1..]
-                } else {
-                    &loc.lines[..]
-                };
+                let shown: Vec<LineInfo>;
+                let mut lines = &loc.lines[..];
+                if let Some(re) = hide {
+                    if model.mapping_matches(loc, re) {
+                        hide_matched = true;
+                        return Vec::new();
+                    }
+                    if lines.iter().any(|l| model.function_matches(l.function, re)) {
+                        hide_matched = true;
+                        shown = lines
+                            .iter()
+                            .filter(|l| !model.function_matches(l.function, re))
+                            .copied()
+                            .collect();
+                        if shown.is_empty() {
+                            return Vec::new();
+                        }
+                        lines = &shown[..];
+                    }
+                }
+                if noinlines && lines.len() > 1 {
+                    lines = &lines[lines.len() - 1..];
+                }
                 if lines.is_empty() {
                     return vec![intern(NodeKey {
                         name: String::new(),
@@ -115,6 +141,7 @@ impl Stacks {
             keys,
             names,
             location_nodes,
+            hide_matched,
         }
     }
 
@@ -316,7 +343,7 @@ mod tests {
     }
 
     fn graph(m: &Model, noinlines: bool) -> (Stacks, Graph) {
-        let stacks = Stacks::new(m, noinlines);
+        let stacks = Stacks::new(m, noinlines, None);
         let mut g = Graph::new(
             &stacks,
             m.samples.iter().map(|s| (&s.locations[..], s.values[0])),
@@ -366,7 +393,7 @@ mod tests {
     #[test]
     fn unkept_leaf_gets_no_flat() {
         let m = profile(&[&["main"], &["leaf"]], &[(&[2, 1], 5)]);
-        let s = Stacks::new(&m, false);
+        let s = Stacks::new(&m, false, None);
         let main_id = s.names.iter().position(|n| n == "main").unwrap();
         let kept: HashSet<usize> = [main_id].into_iter().collect();
         let g = Graph::new(

@@ -177,6 +177,39 @@ pub fn items(prep: &mut Prepared, nodecount: usize) -> (Vec<String>, Vec<Row>) {
     (labels, rows)
 }
 
+/// The printed cells of a row: flat, flat%, sum%, cum, cum%.
+pub type Cells = [String; 5];
+
+/// Formats rows as pprof prints them, `sum%` running over the rows in
+/// their order.
+pub fn cells(prep: &Prepared, rows: &[Row]) -> Vec<Cells> {
+    let mut sum = 0i64;
+    rows.iter()
+        .map(|r| {
+            sum = sum.wrapping_add(r.flat);
+            [
+                prep.format_value(r.flat),
+                percentage(r.flat, prep.total),
+                percentage(sum, prep.total),
+                prep.format_value(r.cum),
+                percentage(r.cum, prep.total),
+            ]
+        })
+        .collect()
+}
+
+/// Sorts rows by |cum| descending, then name, then |flat| descending
+/// (pprof's `CumNameOrder`, the order of `-top -cum`).
+pub fn sort_cum(rows: &mut [Row]) {
+    rows.sort_by(|l, r| {
+        r.cum
+            .wrapping_abs()
+            .cmp(&l.cum.wrapping_abs())
+            .then_with(|| l.name.cmp(&r.name))
+            .then_with(|| r.flat.wrapping_abs().cmp(&l.flat.wrapping_abs()))
+    });
+}
+
 /// The complete top table, as `go tool pprof -top` prints it.
 pub fn render(prep: &mut Prepared, nodecount: usize) -> String {
     let (labels, rows) = items(prep, nodecount);
@@ -190,9 +223,7 @@ pub fn render(prep: &mut Prepared, nodecount: usize) -> String {
         "{:>10} {:>5}% {:>5}% {:>10} {:>5}%",
         "flat", "flat", "sum", "cum", "cum"
     );
-    let mut sum = 0i64;
-    for r in &rows {
-        sum = sum.wrapping_add(r.flat);
+    for (r, [flat, flat_pct, sum_pct, cum, cum_pct]) in rows.iter().zip(cells(prep, &rows)) {
         let inline = if r.inline.is_empty() {
             String::new()
         } else {
@@ -200,14 +231,8 @@ pub fn render(prep: &mut Prepared, nodecount: usize) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>10} {} {} {:>10} {}  {}{}",
-            prep.format_value(r.flat),
-            percentage(r.flat, prep.total),
-            percentage(sum, prep.total),
-            prep.format_value(r.cum),
-            percentage(r.cum, prep.total),
-            r.name,
-            inline
+            "{flat:>10} {flat_pct} {sum_pct} {cum:>10} {cum_pct}  {}{inline}",
+            r.name
         );
     }
     out
