@@ -15,6 +15,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("golang-1.19-go", "/usr/lib/go-1.19/bin/go"),
     ("linux-perf", "/usr/bin/perf"),
     ("binutils", "/usr/bin/objcopy"),
+    // The browser UI's tests (tests/ui.rs) drive headless Chromium.
+    ("chromium", "/usr/bin/chromium"),
 ];
 
 /// The Go toolchain from PyPI, pinned.

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod profile;
 pub mod push;
 pub mod resolve;
+mod ui;
 pub mod window;
 
 use std::collections::HashMap;

@@ -111,12 +111,14 @@ impl Snapshot {
         make: impl FnOnce() -> Result<View, String>,
     ) -> Result<Arc<View>, String> {
         let lock = || self.views.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = lock().iter().position(|(k, _)| k == key) {
+        {
             let mut views = lock();
-            let hit = views.remove(i);
-            let view = hit.1.clone();
-            views.push(hit);
-            return Ok(view);
+            if let Some(i) = views.iter().position(|(k, _)| k == key) {
+                let hit = views.remove(i);
+                let view = hit.1.clone();
+                views.push(hit);
+                return Ok(view);
+            }
         }
         // Computed unlocked: another view may be asked for meanwhile.
         let view = Arc::new(make()?);
