@@ -606,16 +606,30 @@ fn screenshot_of_the_flame_graph_is_not_blank() {
     let png = c.screenshot();
     let path = dir.path().join("flame.png");
     std::fs::write(&path, &png).unwrap();
-    let (mean, var, w, h) = png_stats(&png);
+    let (mean, var, w, h) = png_stats(&png, None);
     println!(
         "{}: {w}x{h}, {} bytes, grey mean {mean:.1}, variance {var:.1}",
         path.display(),
         png.len()
     );
     assert!(w >= 800 && h >= 600, "{w}x{h}");
-    // A blank (or single-colour) page has a variance near 0; the flame
-    // graph's coloured frames on white give thousands.
-    assert!(var > 500.0, "screenshot looks blank: variance {var}");
+    // A blank (or single-colour) page has a variance near 0. The flame
+    // graph's own area is checked too, so the page's chrome cannot pass
+    // for it.
+    assert!(var > 200.0, "screenshot looks blank: variance {var}");
+    let r = c.eval(
+        "(() => { const r = document.querySelector('#flame canvas').getBoundingClientRect(); \
+         return [r.left, r.top, r.width, Math.min(r.height, innerHeight - r.top)].map(Math.floor); })()",
+    );
+    let r: Vec<u32> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let (fmean, fvar, _, _) = png_stats(&png, Some((r[0], r[1], r[2], r[3])));
+    println!("flame graph area {r:?}: grey mean {fmean:.1}, variance {fvar:.1}");
+    assert!(fvar > 200.0, "the flame graph looks blank: variance {fvar}");
     // `UI_SCREENSHOT=path` keeps it (the README's picture is made so).
     if let Some(keep) = std::env::var_os("UI_SCREENSHOT") {
         std::fs::copy(&path, keep).unwrap();

@@ -194,17 +194,24 @@ impl Frame {
     }
 }
 
-/// Mean and variance of the grey levels of a PNG, and its size.
-pub fn png_stats(png: &[u8]) -> (f64, f64, u32, u32) {
+/// Mean and variance of the grey levels of a PNG within `area` (x, y, w,
+/// h in pixels; the whole image when None), and the image's size.
+pub fn png_stats(png: &[u8], area: Option<(u32, u32, u32, u32)>) -> (f64, f64, u32, u32) {
     let decoder = png::Decoder::new(std::io::Cursor::new(png));
     let mut reader = decoder.read_info().expect("a PNG");
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).expect("PNG pixels");
     let channels = info.color_type.samples();
     let bytes = &buf[..info.buffer_size()];
+    let (ax, ay, aw, ah) = area.unwrap_or((0, 0, info.width, info.height));
     let grey: Vec<f64> = bytes
         .chunks(channels)
-        .map(|p| {
+        .enumerate()
+        .filter(|(i, _)| {
+            let (x, y) = (*i as u32 % info.width, *i as u32 / info.width);
+            x >= ax && x < ax + aw && y >= ay && y < ay + ah
+        })
+        .map(|(_, p)| {
             let rgb = &p[..channels.min(3)];
             rgb.iter().map(|&c| f64::from(c)).sum::<f64>() / rgb.len() as f64
         })

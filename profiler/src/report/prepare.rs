@@ -5,7 +5,7 @@
 //! locations into function nodes. Also the header lines pprof prints above
 //! its reports.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,6 +25,12 @@ pub struct Prepared {
     pub model: Arc<Model>,
     /// Indices of the samples that passed focus/ignore/hide/tag filters.
     pub kept: Vec<usize>,
+    /// The kept samples summed per distinct stack (and per profile, for a
+    /// diff): (a sample with that stack, the sum of the reported value).
+    /// Aggregates are sums over samples, so building them from these gives
+    /// the same numbers for much less work: a million samples often have
+    /// only thousands of distinct stacks.
+    pub summed: Vec<(usize, i64)>,
     /// Index of the reported value in each sample.
     pub index: usize,
     pub sample_type: String,
@@ -154,6 +160,28 @@ fn total(model: &Model, index: usize) -> i64 {
     }
 }
 
+/// Sums the value `index` of the `kept` samples per (stack, is base),
+/// in order of first appearance.
+fn sum_stacks(model: &Model, kept: &[usize], index: usize) -> Vec<(usize, i64)> {
+    let mut at: HashMap<(&[usize], bool), usize> = HashMap::with_capacity(kept.len() / 4);
+    let mut out: Vec<(usize, i64)> = Vec::new();
+    for &i in kept {
+        let s = &model.samples[i];
+        let v = s.values[index];
+        match at.entry((&s.locations[..], s.base)) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let slot = &mut out[*e.get()].1;
+                *slot = slot.wrapping_add(v);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push((i, v));
+            }
+        }
+    }
+    out
+}
+
 impl Prepared {
     /// Runs the shared steps on `profile`.
     pub fn new(profile: &Profile, opts: &Options) -> Result<Prepared> {
@@ -234,6 +262,7 @@ impl Prepared {
             }
         }
 
+        let summed = sum_stacks(&model, &kept, index);
         let output_unit = if opts.unit.is_empty() {
             "minimum".to_string()
         } else {
@@ -242,6 +271,7 @@ impl Prepared {
         Ok(Prepared {
             model,
             kept,
+            summed,
             index,
             sample_type: kind.ty,
             sample_unit: kind.unit,
@@ -259,10 +289,20 @@ impl Prepared {
         self.kept.iter().map(|&i| &self.model.samples[i])
     }
 
-    /// The (location list, value) of every remaining sample.
+    /// The (location list, value) of every remaining distinct stack, its
+    /// samples summed.
     pub fn samples(&self) -> impl Iterator<Item = (&[usize], i64)> + '_ {
-        self.kept_samples()
-            .map(|s| (&s.locations[..], s.values[self.index]))
+        self.summed
+            .iter()
+            .map(|&(i, v)| (&self.model.samples[i].locations[..], v))
+    }
+
+    /// [`Prepared::samples`] with whether each comes from a diff base.
+    pub fn stacks_with_base(&self) -> impl Iterator<Item = (&[usize], i64, bool)> + '_ {
+        self.summed.iter().map(|&(i, v)| {
+            let s = &self.model.samples[i];
+            (&s.locations[..], v, s.base)
+        })
     }
 
     /// A value in the report's output unit ("2.79s", "120ms", "279").

@@ -40,24 +40,27 @@ struct Trimmed {
 /// pprof's `newTrimmedGraph` for a non-visual, flat-sorted report.
 fn trimmed_graph(prep: &Prepared, nodecount: usize) -> Trimmed {
     let stacks = &prep.stacks;
-    let mut g = Graph::new(stacks, prep.samples(), None);
+    // The cut needs only cum values; the graph is built again with edges.
+    let mut g = Graph::nodes_only(stacks, prep.samples());
     let total = g.flat_total();
     let node_cutoff = ((total as f64 * NODE_FRACTION) as i64).wrapping_abs();
     let edge_cutoff = ((total as f64 * EDGE_FRACTION) as i64).wrapping_abs();
 
     let mut dropped_nodes = 0;
+    let mut kept = None;
     if node_cutoff > 0 {
-        let kept: std::collections::HashSet<usize> = g
+        let cut: std::collections::HashSet<usize> = g
             .nodes
             .iter()
             .filter(|n| n.cum.wrapping_abs() >= node_cutoff)
             .map(|n| n.id)
             .collect();
-        if kept.len() != g.nodes.len() {
-            dropped_nodes = g.nodes.len() - kept.len();
-            g = Graph::new(stacks, prep.samples(), Some(&kept));
+        if cut.len() != g.nodes.len() {
+            dropped_nodes = g.nodes.len() - cut.len();
+            kept = Some(cut);
         }
     }
+    g = Graph::new(stacks, prep.samples(), kept.as_ref());
     let orig_count = g.nodes.len();
 
     g.sort_flat(stacks);

@@ -45,6 +45,9 @@ pub trait ProfileSource: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Arc<Snapshot>, SourceError>>;
 }
 
+/// A view, computed once by whoever asks first.
+type ViewSlot = Arc<OnceLock<Result<Arc<View>, String>>>;
+
 /// Builds the normalized model of a diff on first use.
 type Normalizer = Box<dyn Fn() -> Result<Arc<Model>> + Send + Sync>;
 
@@ -62,7 +65,7 @@ pub struct Snapshot {
     pub diff: bool,
     normalizer: Option<Normalizer>,
     normalized: OnceLock<Result<Arc<Model>, String>>,
-    views: Mutex<Vec<(String, Arc<View>)>>,
+    views: Mutex<Vec<(String, ViewSlot)>>,
 }
 
 impl Snapshot {
@@ -105,29 +108,33 @@ impl Snapshot {
     }
 
     /// The cached view for `key`, or the one `make` computes (kept).
+    /// Requests for a view being computed wait for it rather than compute
+    /// it again (the page asks for the table and the flame graph at once).
     pub fn view(
         &self,
         key: &str,
         make: impl FnOnce() -> Result<View, String>,
     ) -> Result<Arc<View>, String> {
-        let lock = || self.views.lock().unwrap_or_else(|e| e.into_inner());
-        {
-            let mut views = lock();
-            if let Some(i) = views.iter().position(|(k, _)| k == key) {
-                let hit = views.remove(i);
-                let view = hit.1.clone();
-                views.push(hit);
-                return Ok(view);
+        let slot = {
+            let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+            match views.iter().position(|(k, _)| k == key) {
+                Some(i) => {
+                    let hit = views.remove(i);
+                    let slot = hit.1.clone();
+                    views.push(hit);
+                    slot
+                }
+                None => {
+                    if views.len() >= VIEWS_KEPT {
+                        views.remove(0);
+                    }
+                    let slot = Arc::new(OnceLock::new());
+                    views.push((key.to_string(), slot.clone()));
+                    slot
+                }
             }
-        }
-        // Computed unlocked: another view may be asked for meanwhile.
-        let view = Arc::new(make()?);
-        let mut views = lock();
-        if views.len() >= VIEWS_KEPT {
-            views.remove(0);
-        }
-        views.push((key.to_string(), view.clone()));
-        Ok(view)
+        };
+        slot.get_or_init(|| make().map(Arc::new)).clone()
     }
 }
 

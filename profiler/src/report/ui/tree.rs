@@ -7,44 +7,10 @@
 //! (as a positive amount), so the page can size frames by both and colour
 //! them by the change.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use regex::Regex;
 
-use crate::report::graph::Stacks;
+use crate::report::graph::{IndexMap, Stacks};
 use crate::report::prepare::Prepared;
-
-/// A multiply-rotate hasher for the (parent, node) keys of the tree: the
-/// standard SipHash costs more than the rest of the build on large
-/// profiles, and these keys come from our own indices, not from a client.
-#[derive(Default)]
-pub struct IndexHasher(u64);
-
-impl Hasher for IndexHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
-    }
-}
-
-type IndexMap<K, V> = HashMap<K, V, BuildHasherDefault<IndexHasher>>;
 
 /// Marks the synthetic root.
 pub const ROOT: u32 = u32::MAX;
@@ -140,14 +106,13 @@ impl Tree {
         let mut children: IndexMap<(u32, u32, bool), u32> = IndexMap::default();
         let mut path: Vec<(usize, bool)> = Vec::with_capacity(128);
         let mut cut: Vec<(usize, bool)> = Vec::with_capacity(128);
-        for s in prep.kept_samples() {
-            let v = s.values[prep.index];
-            let (value, base) = if s.base { (0, -v) } else { (v, 0) };
+        for (locations, v, is_base) in prep.stacks_with_base() {
+            let (value, base) = if is_base { (0, -v) } else { (v, 0) };
             if value <= 0 && base <= 0 {
                 continue;
             }
             path.clear();
-            path.extend(prep.stacks.frames_root_first(&s.locations));
+            path.extend(prep.stacks.frames_root_first(locations));
             cut.clear();
             if !part(&path, &mut cut) {
                 continue;
