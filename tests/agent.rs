@@ -180,6 +180,12 @@ fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
     s.write_all(req.as_bytes()).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("reading the response");
+    parse_response(&raw)
+}
+
+/// Splits a raw HTTP/1.1 response into status, headers and (dechunked)
+/// body.
+fn parse_response(raw: &[u8]) -> Resp {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -1401,8 +1407,7 @@ fn kube_api_down_is_not_fatal_and_labels_come_when_it_answers() {
     agent.stop();
 }
 
-/// A minimal HTTP/1.1 POST of a form, returning the raw response head and
-/// body.
+/// A minimal HTTP/1.1 POST of a form.
 fn http_post_form(port: u16, path: &str, body: &str) -> Resp {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the agent");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -1415,26 +1420,7 @@ fn http_post_form(port: u16, path: &str, body: &str) -> Resp {
     .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    }
+    parse_response(&raw)
 }
 
 #[test]

@@ -46,17 +46,11 @@ pub struct Query {
     pub sort_cum: bool,
 }
 
-/// What selects a view: the options of `report`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What selects a view: the options of `report` (all rows of the top
+/// table), and for a diff whether it is normalized.
+#[derive(Clone, Debug, Default)]
 pub struct ViewParams {
-    pub sample_index: Option<String>,
-    pub focus: Option<String>,
-    pub ignore: Option<String>,
-    pub hide: Option<String>,
-    pub tagfocus: Option<String>,
-    pub tagignore: Option<String>,
-    pub noinlines: bool,
-    /// A diff normalized to the base's total.
+    pub opts: Options,
     pub normalized: bool,
 }
 
@@ -64,20 +58,6 @@ impl ViewParams {
     /// The cache key of the view.
     pub fn key(&self) -> String {
         format!("{self:?}")
-    }
-
-    pub fn options(&self) -> Options {
-        Options {
-            sample_index: self.sample_index.clone(),
-            focus: self.focus.clone(),
-            ignore: self.ignore.clone(),
-            hide: self.hide.clone(),
-            tagfocus: self.tagfocus.clone(),
-            tagignore: self.tagignore.clone(),
-            noinlines: self.noinlines,
-            nodecount: 0,
-            ..Options::default()
-        }
     }
 }
 
@@ -95,18 +75,25 @@ fn flag(k: &str, v: &str) -> Result<bool, String> {
 pub fn parse_query(pairs: &[(String, String)]) -> Result<Query, String> {
     let mut q = Query {
         width: 1200,
+        view: ViewParams {
+            opts: Options {
+                nodecount: 0,
+                ..Options::default()
+            },
+            normalized: false,
+        },
         ..Query::default()
     };
     let text = |v: &str| Some(v.to_string()).filter(|v| !v.is_empty());
     for (k, v) in pairs {
         match k.as_str() {
-            "si" => q.view.sample_index = text(v),
-            "focus" => q.view.focus = text(v),
-            "ignore" => q.view.ignore = text(v),
-            "hide" => q.view.hide = text(v),
-            "tf" => q.view.tagfocus = text(v),
-            "ti" => q.view.tagignore = text(v),
-            "noinlines" => q.view.noinlines = flag(k, v)?,
+            "si" => q.view.opts.sample_index = text(v),
+            "focus" => q.view.opts.focus = text(v),
+            "ignore" => q.view.opts.ignore = text(v),
+            "hide" => q.view.opts.hide = text(v),
+            "tf" => q.view.opts.tagfocus = text(v),
+            "ti" => q.view.opts.tagignore = text(v),
+            "noinlines" => q.view.opts.noinlines = flag(k, v)?,
             "norm" => q.view.normalized = flag(k, v)?,
             "snap" => {
                 q.snap = Some(
@@ -157,8 +144,7 @@ impl View {
     /// an unknown sample type) are the text of a 400 answer.
     pub fn new(snap: &Snapshot, params: &ViewParams) -> Result<View, String> {
         let model = snap.model(params.normalized)?;
-        let mut prep =
-            Prepared::from_model(model, &params.options()).map_err(|e| format!("{e:#}"))?;
+        let mut prep = Prepared::from_model(model, &params.opts).map_err(|e| format!("{e:#}"))?;
         let (header, rows) = top::items(&mut prep, 0);
         Ok(View {
             prep,
