@@ -294,7 +294,18 @@ pub fn serve_files(addr: &str, args: &ReportArgs) -> Result<()> {
         let app = router(Arc::new(source), "/", "/");
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
+                // Ctrl-C or SIGTERM; without a SIGTERM handler, Ctrl-C only.
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
             })
             .await
             .context("serving HTTP")
