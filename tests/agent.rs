@@ -3,6 +3,7 @@
 //! among them), a real cgroup, and a local receiver speaking Pyroscope's
 //! `/ingest` contract.
 
+mod browser;
 mod harness;
 
 use std::collections::HashMap;
@@ -191,6 +192,12 @@ fn http_get_within(port: u16, path: &str, headers: &[(&str, &str)], timeout: Dur
     s.write_all(req.as_bytes()).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("reading the response");
+    parse_response(&raw)
+}
+
+/// Splits a raw HTTP/1.1 response into status, headers and (dechunked)
+/// body.
+fn parse_response(raw: &[u8]) -> Resp {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -1563,5 +1570,149 @@ fn kube_api_down_is_not_fatal_and_labels_come_when_it_answers() {
     inside.child.kill().unwrap();
     inside.wait();
     drop(cg);
+    agent.stop();
+}
+
+/// A minimal HTTP/1.1 POST of a form.
+fn http_post_form(port: u16, path: &str, body: &str) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the agent");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    parse_response(&raw)
+}
+
+#[test]
+fn ui_lists_processes_shows_their_window_and_needs_the_token() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "ui-s3cret\n").unwrap();
+    let exe = spin_binary(dir.path());
+    let target = spin(&exe, 30);
+    let agent = Agent::start(&["--token-file", token_file.to_str().unwrap()]);
+    let auth = [("Authorization", "Bearer ui-s3cret")];
+    let pid = target.pid();
+    // Let the window fill with the target's samples.
+    std::thread::sleep(Duration::from_secs(3));
+
+    // No token: 401 everywhere, a login form for pages, JSON for the API.
+    for path in [
+        "/ui/".to_string(),
+        format!("/ui/view?pid={pid}&seconds=5"),
+        format!("/ui/api/meta?pid={pid}&seconds=5"),
+        format!("/ui/api/top?pid={pid}&seconds=5"),
+        "/ui/app.js".to_string(),
+    ] {
+        let r = agent.get(&path);
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        assert!(!r.text().contains("hot_inner"), "{path}");
+        let r = agent.get_with(&path, &[("Authorization", "Bearer wrong")]);
+        assert_eq!(r.status, 401, "{path} with a wrong token");
+    }
+    assert!(agent.get("/ui/").text().contains("name=\"token\""));
+
+    // With the token: the list has the target, linked to its view.
+    let list = agent.get_with("/ui/", &auth);
+    assert_eq!(list.status, 200);
+    let link = format!("/ui/view?pid={pid}&amp;seconds=30");
+    assert!(list.text().contains(&link), "{}", list.text());
+    let page = agent.get_with(&format!("/ui/view?pid={pid}&seconds=5"), &auth);
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("app.js"));
+    // The API cuts the last seconds from the window: hot_inner dominates.
+    let top = agent.get_with(&format!("/ui/api/top?pid={pid}&seconds=3"), &auth);
+    assert_eq!(top.status, 200, "{}", top.text());
+    let top: serde_json::Value = serde_json::from_slice(&top.body).unwrap();
+    assert_eq!(top["rows"][0]["name"], "hot_inner", "{top}");
+    let share: f64 = top["rows"][0]["flat_pct"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    assert!(share > 80.0, "{top}");
+    // Bad parameters: 400; a pid that is not running: 404.
+    for q in [
+        "pid=abc",
+        "pid=1&seconds=0",
+        "pid=1&seconds=301",
+        "seconds=5",
+    ] {
+        let r = agent.get_with(&format!("/ui/api/meta?{q}"), &auth);
+        assert_eq!(r.status, 400, "{q}: {}", r.text());
+    }
+    let r = agent.get_with("/ui/api/meta?pid=2147483647", &auth);
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // The login form: a wrong token is refused; the right one sets a
+    // cookie (the token's digest, not the token) that opens the UI.
+    let r = http_post_form(agent.port, "/ui/login", "token=nope");
+    assert_eq!(r.status, 401);
+    assert!(r.header("set-cookie").is_none());
+    let r = http_post_form(agent.port, "/ui/login", "token=ui-s3cret");
+    assert_eq!(r.status, 303, "{}", r.text());
+    let cookie = r.header("set-cookie").unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    assert!(!cookie.contains("ui-s3cret"), "{cookie}");
+    let value = cookie.split(';').next().unwrap().to_string();
+    let r = agent.get_with("/ui/", &[("Cookie", &value)]);
+    assert_eq!(r.status, 200);
+    // The cookie opens the UI only, not the pprof endpoints.
+    let r = agent.get_with("/debug/pprof/", &[("Cookie", &value)]);
+    assert_eq!(r.status, 401);
+    agent.stop();
+}
+
+#[test]
+fn ui_in_a_browser_logs_in_and_shows_a_process() {
+    let Some(c) = browser::Chrome::start() else {
+        return;
+    };
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "ui-s3cret\n").unwrap();
+    let exe = spin_binary(dir.path());
+    let target = spin(&exe, 30);
+    let agent = Agent::start(&["--token-file", token_file.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_secs(3));
+    let base = format!("http://127.0.0.1:{}", agent.port);
+
+    // The login form, filled in and sent as a person would.
+    c.tab.navigate_to(&format!("{base}/ui/")).unwrap();
+    c.tab.wait_for_element("#token").unwrap().click().unwrap();
+    c.tab
+        .type_str("ui-s3cret")
+        .unwrap()
+        .press_key("Enter")
+        .unwrap();
+    let row = format!("tr[data-pid='{}'] a", target.pid());
+    let link = c
+        .tab
+        .wait_for_element(&row)
+        .expect("the target in the list");
+    link.click().unwrap();
+    c.tab.wait_until_navigated().unwrap();
+    c.wait_ready();
+    let q = c.query();
+    assert!(q.contains(&format!("pid={}", target.pid())), "{q}");
+    let frames = c.frames("flame");
+    let hot = frames
+        .iter()
+        .find(|f| f.name == "hot_inner")
+        .expect("hot_inner in the flame graph");
+    let root = frames.iter().find(|f| f.depth == 0).unwrap();
+    assert!(hot.w > 0.8 * root.w, "{hot:?} vs {root:?}");
+    let first = c.eval("document.querySelector('#top tbody a.fn').textContent");
+    assert_eq!(first, "hot_inner");
     agent.stop();
 }

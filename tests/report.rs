@@ -141,6 +141,9 @@ fn case(nodecount: usize, extra: &[(&str, &str)]) -> Case {
             "sample_index" => opts.sample_index = Some(v.into()),
             "unit" => opts.unit = v.into(),
             "noinlines" => opts.noinlines = true,
+            "hide" => opts.hide = Some(v.into()),
+            "tagfocus" => opts.tagfocus = Some(v.into()),
+            "tagignore" => opts.tagignore = Some(v.into()),
             _ => unreachable!("{k}"),
         }
         flags.push(if k == "noinlines" {
@@ -255,6 +258,87 @@ fn top_matches_pprof_on_our_profile_with_kernel_frames() {
             case(10, &[("unit", "ms")]),
         ],
     );
+}
+
+#[test]
+fn top_matches_pprof_with_hide_and_tag_filters() {
+    compare_top(
+        &fixture("go-cpu.pb.gz"),
+        &[
+            case(0, &[("hide", "runtime\\.")]),
+            case(10, &[("hide", "mix")]),
+            case(10, &[("hide", "main\\.go")]),
+            case(10, &[("hide", "fib"), ("focus", "fib|direct")]),
+            case(10, &[("hide", "nothing-matches-this")]),
+        ],
+    );
+    let ours = fixture("rprof-go.pb.gz");
+    compare_top(
+        &ours,
+        &[
+            // Numeric labels: equality and ranges.
+            case(10, &[("tagfocus", "tid=12902")]),
+            case(10, &[("tagfocus", "tid=12901:12902")]),
+            case(10, &[("tagignore", "tid=:12898")]),
+            case(10, &[("tagfocus", "pid=12898"), ("tagignore", "tid=12903")]),
+            // String labels: by key, and key:value without one.
+            case(10, &[("tagfocus", "thread=gopr")]),
+            case(10, &[("tagfocus", "process:goprog")]),
+            case(10, &[("tagignore", "thread=goprog")]),
+            case(10, &[("tagfocus", "thread=nothing")]),
+            // Kernel frames hidden by their mapping.
+            case(10, &[("hide", "kallsyms")]),
+        ],
+    );
+}
+
+/// Compares our diff top tables with `go tool pprof -top -diff_base`.
+fn compare_diff(file: &Path, base: &Path, cases: &[(bool, Case)]) {
+    let (p, b) = (
+        pprof::read_file(file).unwrap(),
+        pprof::read_file(base).unwrap(),
+    );
+    for (normalize, c) in cases {
+        let ours = report::top_table_diff(&p, &b, *normalize, &c.opts).unwrap();
+        let mut flags: Vec<String> = c.flags.clone();
+        flags.push(format!("-diff_base={}", base.display()));
+        if *normalize {
+            flags.push("-normalize".into());
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let theirs = pprof_output(&flags, file);
+        assert_same(&format!("{} {flags:?}", file.display()), &ours, &theirs);
+    }
+}
+
+#[test]
+fn diff_top_matches_pprof_diff_base() {
+    let (go, ours) = (fixture("go-cpu.pb.gz"), fixture("rprof-go.pb.gz"));
+    compare_diff(
+        &ours,
+        &go,
+        &[
+            (false, case(0, &[])),
+            (false, case(10, &[("sample_index", "samples")])),
+            (true, case(0, &[])),
+            (false, case(10, &[("focus", "main\\.")])),
+            (true, case(10, &[("noinlines", "")])),
+        ],
+    );
+    compare_diff(&go, &ours, &[(false, case(15, &[])), (true, case(15, &[]))]);
+    // A profile against itself: nothing changed.
+    let same = report::top_table_diff(
+        &pprof::read_file(&go).unwrap(),
+        &pprof::read_file(&go).unwrap(),
+        false,
+        &Options::default(),
+    )
+    .unwrap();
+    assert!(
+        same.contains("Showing nodes accounting for 0, 0% of 3.88s total"),
+        "{same}"
+    );
+    compare_diff(&go, &go, &[(false, case(10, &[]))]);
 }
 
 #[test]
@@ -605,18 +689,8 @@ fn flamegraph_via_run_is_written_atomically() {
     let file = write_synthetic(dir.path());
     let out = dir.path().join("flame.svg");
     let args = ReportArgs {
-        file,
-        top: false,
-        nodecount: 20,
-        sample_index: None,
-        unit: "minimum".into(),
-        focus: None,
-        ignore: None,
-        noinlines: false,
         flamegraph: Some(out.clone()),
-        title: None,
-        collapsed: false,
-        traces: false,
+        ..args_for(file)
     };
     report::run(&args).unwrap();
     let svg = std::fs::read_to_string(&out).unwrap();
@@ -684,7 +758,13 @@ fn args_for(file: PathBuf) -> ReportArgs {
         unit: "minimum".into(),
         focus: None,
         ignore: None,
+        hide: None,
+        tagfocus: None,
+        tagignore: None,
         noinlines: false,
+        diff_base: None,
+        normalize: false,
+        http: None,
         flamegraph: None,
         title: None,
         collapsed: false,

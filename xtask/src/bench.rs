@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use crate::deps::workspace_root;
 
 mod agent;
+mod ui;
 
 /// What one measured command cost.
 #[derive(Clone, Copy, Debug, Default)]
@@ -153,6 +154,7 @@ fn bpf_cost_us(text: &str) -> Option<f64> {
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let agent_only = args.iter().any(|a| a == "--agent-only");
+    let ui_only = args.iter().any(|a| a == "--ui-only");
     let agent_secs = match args.iter().position(|a| a == "--agent-seconds") {
         Some(i) => args
             .get(i + 1)
@@ -189,6 +191,11 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let mut md = String::new();
     header(&mut md, quick)?;
+    if ui_only {
+        ui::ui(&env, &mut md)?;
+        println!("{md}");
+        return Ok(());
+    }
     if agent_only {
         agent::agent(&env, &spin, agent_secs, &mut md)?;
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
@@ -202,6 +209,7 @@ pub fn run(args: &[String]) -> Result<()> {
     symbolization(&env, quick, &mut md)?;
     unwinding(&env, &mut md)?;
     agent::agent(&env, &spin, agent_secs, &mut md)?;
+    ui::ui(&env, &mut md)?;
     if !quick {
         go_table(&env, &mut md)?;
     }

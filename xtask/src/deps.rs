@@ -19,6 +19,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("debuginfod", "/usr/bin/debuginfod"),
     // `xz`: the MiniDebugInfo fixture of tests/offline.rs.
     ("xz-utils", "/usr/bin/xz"),
+    // The browser UI's tests (tests/ui.rs) drive headless Chromium.
+    ("chromium", "/usr/bin/chromium"),
 ];
 
 /// The Go toolchain from PyPI, pinned.

@@ -129,7 +129,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/debug/pprof/symbol", get(symbol_count).post(symbol_lookup))
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
-        .with_state(shared)
+        .with_state(shared.clone())
+        // The browser UI (agent/ui.rs), behind the same token.
+        .merge(super::ui::router(shared))
 }
 
 /// Accepts connections until `stop` turns true.
@@ -213,7 +215,7 @@ async fn auth(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Respons
 }
 
 /// Compares without an early exit, so timing does not reveal a prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -331,17 +333,10 @@ async fn profile_handler(
         bpf_run_ns: 0,
         bpf_run_cnt: 0,
     };
-    let s2 = s.clone();
-    let job = s
-        .sym
-        .run(move |sym| {
-            s2.with_ready(sym, &filter, t0, t1, |ready, kernel| {
-                let stacks: Vec<&ReadyStack> = ready.iter().collect();
-                let p = encode::build(&stacks, &header, kernel, LabelPolicy::Node);
-                crate::pprof::encode_gzip(&p)
-            })
-        })
-        .await;
+    let job = build_profile(&s, filter, t0, t1, header, |p| {
+        crate::pprof::encode_gzip(&p)
+    })
+    .await;
     drop(pin);
     match job {
         Some(bytes) => {
@@ -366,6 +361,28 @@ async fn profile_handler(
     }
 }
 
+/// Builds the profile of what `filter` selects in `[t0, t1)` (monotonic
+/// ns) on the symbolizer thread and hands it to `f` there. None if that
+/// thread is gone.
+pub(super) async fn build_profile<R: Send + 'static>(
+    s: &Arc<Shared>,
+    filter: Filter,
+    t0: u64,
+    t1: u64,
+    header: Header,
+    f: impl FnOnce(crate::pprof::Profile) -> R + Send + 'static,
+) -> Option<R> {
+    let s2 = s.clone();
+    s.sym
+        .run(move |sym| {
+            s2.with_ready(sym, &filter, t0, t1, |ready, kernel| {
+                let stacks: Vec<&ReadyStack> = ready.iter().collect();
+                f(encode::build(&stacks, &header, kernel, LabelPolicy::Node))
+            })
+        })
+        .await
+}
+
 /// Whether any running process is in a container whose ID starts with
 /// `prefix`: an idle container has no samples in the window but may still
 /// be profiled.
@@ -383,7 +400,7 @@ fn container_exists(prefix: &str) -> bool {
         })
 }
 
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

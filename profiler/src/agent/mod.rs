@@ -34,6 +34,7 @@ pub mod push;
 mod shared;
 mod start;
 pub mod symthread;
+mod ui;
 mod windows;
 
 pub use args::{parse_duration, parse_size, AgentArgs, UsageError};

@@ -234,7 +234,7 @@ fn answer(mut conn: TcpStream) -> Result<()> {
 }
 
 /// `GET path` on the agent; the body.
-fn get(port: u16, path: &str) -> Result<Vec<u8>> {
+pub(super) fn get(port: u16, path: &str) -> Result<Vec<u8>> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
@@ -254,7 +254,7 @@ fn get(port: u16, path: &str) -> Result<Vec<u8>> {
 }
 
 /// User + system CPU seconds of a process.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
     let f: Vec<&str> = after.split_whitespace().collect();
