@@ -22,6 +22,7 @@ pub mod capture;
 pub mod encode;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod goruntime;
 pub mod logging;
 pub mod normalize;
 pub mod offline;

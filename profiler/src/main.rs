@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use rprof_bpf::capture::{Event, Unwind};
+use rprof_bpf::goruntime::cli::{GoProfileArgs, GoProfileKind, GoroutineArgs};
 use rprof_bpf::record::{self, RecordError, RecordOptions};
 
 /// eBPF-based CPU profiler that writes pprof.
@@ -29,6 +30,16 @@ enum Command {
     Symbolize(rprof_bpf::offline::SymbolizeArgs),
     /// Node agent: profile every process continuously; serve, push and write profiles.
     Agent(Box<rprof_bpf::agent::AgentArgs>),
+    /// Go heap profile (in-use and allocated memory) read from a running Go process.
+    Heap(GoProfileArgs),
+    /// Go allocs profile: the heap profile with alloc_space shown by default.
+    Allocs(GoProfileArgs),
+    /// Go mutex contention profile read from a running Go process.
+    Mutex(GoProfileArgs),
+    /// Go block (blocking events) profile read from a running Go process.
+    Block(GoProfileArgs),
+    /// Go goroutine profile (every goroutine's stack) of a running Go process.
+    Goroutine(GoroutineArgs),
 }
 
 #[derive(Args, Debug)]
@@ -110,7 +121,50 @@ fn main() -> ExitCode {
                 ExitCode::from(if usage { 2 } else { 1 })
             }
         },
+        Some(Command::Heap(a)) => go_profile_main(GoProfileKind::Heap, a),
+        Some(Command::Allocs(a)) => go_profile_main(GoProfileKind::Allocs, a),
+        Some(Command::Mutex(a)) => go_profile_main(GoProfileKind::Mutex, a),
+        Some(Command::Block(a)) => go_profile_main(GoProfileKind::Block, a),
+        Some(Command::Goroutine(a)) => goroutine_main(a),
         None => record_main(cli.record),
+    }
+}
+
+fn go_profile_main(kind: GoProfileKind, a: GoProfileArgs) -> ExitCode {
+    let output = a
+        .output
+        .unwrap_or_else(|| PathBuf::from(format!("{}.pb.gz", kind.name())));
+    let opts = rprof_bpf::goruntime::cli::CaptureOptions {
+        enable: a.enable,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ..Default::default()
+    };
+    go_exit(rprof_bpf::goruntime::cli::run(
+        kind, a.pid, &output, a.quiet, &opts,
+    ))
+}
+
+fn goroutine_main(a: GoroutineArgs) -> ExitCode {
+    let opts = rprof_bpf::goruntime::cli::CaptureOptions {
+        no_pause: a.no_pause,
+        max_pause: Some(std::time::Duration::from_millis(a.max_pause_ms)),
+        details: a.details,
+        hold_pause: a.hold_pause_ms.map(std::time::Duration::from_millis),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ..Default::default()
+    };
+    let r =
+        rprof_bpf::goruntime::cli::run(GoProfileKind::Goroutine, a.pid, &a.output, a.quiet, &opts);
+    go_exit(r)
+}
+
+fn go_exit(r: Result<(), rprof_bpf::goruntime::cli::Failure>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("rprof-bpf: error: {}", f.message);
+            ExitCode::from(f.code)
+        }
     }
 }
 
