@@ -234,3 +234,66 @@ fn refuses_a_process_that_is_not_go() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
+
+#[test]
+fn agent_serves_heap_profiles_to_go_tool_pprof() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(builds) = builds("goruntime", dir.path()) else {
+        eprintln!("SKIPPED: Go toolchains missing");
+        return;
+    };
+    let b = &builds[1];
+    let fx = Fixture::start(&b.exe, dir.path(), &["-heap"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    fx.get("/quiesce");
+    let mut agent = rprof()
+        .args(["agent", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the agent");
+    let mut lines = BufReader::new(agent.stderr.take().unwrap()).lines();
+    let port: u16 = loop {
+        let line = lines.next().expect("agent output").unwrap();
+        if let Some(rest) = line.split("serving http://127.0.0.1:").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let url = format!("http://127.0.0.1:{port}/debug/pprof/heap?pid={}", fx.pid());
+    let out = go_pprof(&b.go, &["-top", "-sample_index=inuse_space", &url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        first.contains("main.leakChunk"),
+        "top inuse_space row: {first}\n{text}"
+    );
+    // gc=1 is refused with the reason.
+    let addr = format!("127.0.0.1:{port}");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "GET /debug/pprof/heap?pid={}&gc=1 HTTP/1.0\r\nHost: {addr}\r\n\r\n",
+        fx.pid()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.0 400") && resp.contains("cannot run its garbage collector"),
+        "{resp}"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -50,7 +50,10 @@ fn goroutine_profile_equals_go_own() {
         std::thread::sleep(Duration::from_millis(500));
         let go = fx.go_profile("/debug/pprof/goroutine");
         let ours = dir.path().join(format!("{}-goroutine.pb.gz", b.name));
-        let out = run_go_profile("goroutine", fx.pid(), &ours, &[]);
+        // The bound is generous: a loaded CI machine (and a debug build)
+        // can take a while to stop threads; the pause itself is measured in
+        // BENCHMARKS.md, not asserted.
+        let out = run_go_profile("goroutine", fx.pid(), &ours, &["--max-pause-ms", "20000"]);
         assert_ok(&out);
         let summary = String::from_utf8_lossy(&out.stderr);
         assert!(summary.contains("paused"), "{summary}");
@@ -108,7 +111,7 @@ fn goroutine_profile_equals_go_own() {
             "goroutine",
             fx.pid(),
             &details,
-            &["--details"],
+            &["--details", "--max-pause-ms", "20000"],
         ));
         let dp = load(&details);
         let blocked = dp

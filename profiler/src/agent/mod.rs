@@ -21,6 +21,7 @@
 //! exited processes there and then releases their binaries.
 
 pub mod files;
+pub mod goprofiles;
 pub mod http;
 pub mod kubeapi;
 pub mod labels;

@@ -79,7 +79,7 @@ pub struct GoroutineArgs {
     pub no_pause: bool,
     /// Longest the process may stay stopped, in milliseconds; past it the
     /// threads are resumed and the read fails.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub max_pause_ms: u64,
     /// Also label each goroutine with what Go prints at debug=2: its wait
     /// reason (go_wait_reason), minutes waiting (go_wait_minutes) and the

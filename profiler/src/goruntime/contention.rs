@@ -152,7 +152,7 @@ pub(crate) fn encode(
     // Go sorts records by cycles, largest first, before writing.
     let mut order: Vec<&BlockBucket> = buckets.iter().collect();
     order.sort_by_key(|b| std::cmp::Reverse(b.cycles));
-    let mut loc = Locator::new(p, &mut b);
+    let mut loc = Locator::new(p, &mut b, false);
     for bucket in order {
         let mut count = bucket.count as i64;
         if count == 0 {

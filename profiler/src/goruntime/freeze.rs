@@ -75,6 +75,10 @@ impl Frozen {
             if new.is_empty() {
                 return Ok(f);
             }
+            // Interrupt every new thread first, then collect the stops: the
+            // threads stop in parallel, so the pause is one scheduling
+            // delay, not one per thread.
+            let mut pending = Vec::new();
             for tid in new {
                 seen.insert(tid);
                 match ptrace(libc::PTRACE_SEIZE, tid, 0) {
@@ -89,16 +93,18 @@ impl Frozen {
                     }
                 }
                 f.threads.push((tid, 0));
-                let at = f.threads.len() - 1;
-                if let Err(e) = ptrace(libc::PTRACE_INTERRUPT, tid, 0) {
-                    if e.raw_os_error() == Some(libc::ESRCH) {
-                        continue;
-                    }
-                    return Err(fail(format!("PTRACE_INTERRUPT of thread {tid}: {e}")));
+                match ptrace(libc::PTRACE_INTERRUPT, tid, 0) {
+                    Ok(()) => pending.push(f.threads.len() - 1),
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(fail(format!("PTRACE_INTERRUPT of thread {tid}: {e}"))),
                 }
+            }
+            for at in pending {
+                let tid = f.threads[at].0;
                 f.threads[at].1 =
                     wait_stop(tid).map_err(|e| fail(format!("waiting for thread {tid}: {e}")))?;
             }
+            tracing::debug!(pid, threads = f.threads.len(), elapsed = ?f.started.elapsed(), "threads stopped");
         }
         Err(fail("it keeps creating threads".into()))
     }

@@ -63,7 +63,7 @@ pub(crate) fn capture(
     let (layout, source) = p.layout()?;
     let allgs = p.var(Var::Allgs)?;
     let allglen = p.var(Var::Allglen)?;
-    let max_pause = opts.max_pause.unwrap_or(Duration::from_millis(500));
+    let max_pause = opts.max_pause.unwrap_or(Duration::from_millis(1000));
     let frozen = if opts.no_pause {
         None
     } else {
@@ -73,6 +73,9 @@ pub(crate) fn capture(
     if let (Some(hold), Some(_)) = (opts.hold_pause, &frozen) {
         // Test hook: keep the process stopped, to test a SIGINT now.
         std::thread::sleep(hold.min(max_pause));
+    }
+    if let Some(f) = &frozen {
+        tracing::debug!(pid = p.pid, elapsed = ?f.elapsed(), "goroutines read");
     }
     let pause = frozen.map(Frozen::thaw);
     let gs = read?;
@@ -139,6 +142,7 @@ fn read_all(
     let depth = if p.version.minor <= 22 { 32 } else { 128 };
     let mut out = Vec::new();
     let mut gbuf = vec![0u8; g_len];
+    let mut reasons: Option<Option<u64>> = None;
     let mut label_cache: std::collections::HashMap<u64, Labels> = std::collections::HashMap::new();
     for i in 0..len as usize {
         if let Some(f) = frozen {
@@ -201,13 +205,17 @@ fn read_all(
             .clone();
         let mut g = G { stack, labels };
         if opts.details {
+            let facts = Facts {
+                status,
+                reason: gbuf[l.g_waitreason as usize],
+                since: at(l.g_waitsince),
+                gopc: at(l.g_gopc),
+            };
             details(
                 p,
                 &mut g,
-                status,
-                gbuf[l.g_waitreason as usize],
-                at(l.g_waitsince),
-                at(l.g_gopc),
+                &facts,
+                *reasons.get_or_insert_with(|| wait_reasons(p)),
             );
         }
         out.push(g);
@@ -370,11 +378,25 @@ fn read_string_map(p: &GoProcess, hmap: u64) -> Option<Vec<(String, String)>> {
     Some(out.into_iter().collect())
 }
 
+/// What `--details` reads of one goroutine.
+struct Facts {
+    status: u32,
+    reason: u8,
+    since: u64,
+    gopc: u64,
+}
+
 /// `--details`: wait reason, minutes waiting and the creating function, as
 /// labels (what Go prints at debug=2).
-fn details(p: &GoProcess, g: &mut G, status: u32, reason: u8, since: u64, gopc: u64) {
+fn details(p: &GoProcess, g: &mut G, f: &Facts, reasons: Option<u64>) {
+    let Facts {
+        status,
+        reason,
+        since,
+        gopc,
+    } = *f;
     if status == G_WAITING {
-        if let Some(r) = wait_reason(p, reason) {
+        if let Some(r) = reasons.and_then(|base| wait_reason(p, base, reason)) {
             g.labels.push(("go_wait_reason".into(), r));
         }
         if since != 0 {
@@ -391,16 +413,20 @@ fn details(p: &GoProcess, g: &mut G, status: u32, reason: u8, since: u64, gopc: 
     }
 }
 
-/// `runtime.waitReasonStrings[reason]`, read from the executable (a
-/// statically initialized array of string headers).
-fn wait_reason(p: &GoProcess, reason: u8) -> Option<String> {
-    let base = p
-        .table
+/// Where `runtime.waitReasonStrings` is: `.symtab`, else the array
+/// `waitReason.String` indexes.
+fn wait_reasons(p: &GoProcess) -> Option<u64> {
+    p.table
         .symbol_addrs(&["runtime.waitReasonStrings"])
         .first()
         .copied()
         .flatten()
-        .or_else(|| p.first_lea("runtime.waitReason.String"))?;
+        .or_else(|| p.first_data_lea("runtime.waitReason.String"))
+}
+
+/// `runtime.waitReasonStrings[reason]`, read from the executable (a
+/// statically initialized array of string headers).
+fn wait_reason(p: &GoProcess, base: u64, reason: u8) -> Option<String> {
     let h = p.table.code(base + u64::from(reason) * 16, 16)?;
     let (ptr, len) = (word(h, 0), word(h, 8));
     if len == 0 || len > 128 {
@@ -433,7 +459,7 @@ fn encode(p: &GoProcess, gs: Vec<G>, comments: &[String]) -> Profile {
         g.labels.sort();
         *groups.entry((g.stack, g.labels)).or_default() += 1;
     }
-    let mut loc = Locator::new(p, &mut b);
+    let mut loc = Locator::new(p, &mut b, true);
     for ((stack, labels), count) in groups {
         let ids = loc.locations(&mut b, &stack);
         let labels = labels.iter().map(|(k, v)| b.str_label(k, v)).collect();

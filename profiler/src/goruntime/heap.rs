@@ -129,7 +129,7 @@ pub(crate) fn encode(
     for c in comments {
         b.comment(c);
     }
-    let mut loc = Locator::new(p, &mut b);
+    let mut loc = Locator::new(p, &mut b, false);
     for bucket in buckets {
         let a = &bucket.active;
         let mut stack = &bucket.stack[hide_runtime(&loc, &bucket.stack)..];

@@ -9,9 +9,11 @@
 //!   only. Like `runtime.CallersFrames`, a PC yields its innermost frame,
 //!   and its outer inlined frames too unless the next PC is already the
 //!   parent's.
-//! * Compiler-generated wrappers (`go` statement wrappers, method value
-//!   wrappers...) are elided, as Go's tracebacks do; frames inlined into a
-//!   wrapper stay.
+//! * For stacks we unwind ourselves (goroutines), compiler-generated
+//!   wrappers (`go` statement wrappers, method value wrappers...) are
+//!   elided, as Go's tracebacks do; frames inlined into a wrapper stay.
+//!   Stacks recorded by the runtime already are what Go shows (its
+//!   frame-pointer block and mutex stacks keep wrappers, and so do we).
 //! * Consecutive frames of one physical function (an inline chain) share a
 //!   Location, innermost line first; `runtime.goexit` is dropped.
 
@@ -43,8 +45,13 @@ pub(crate) struct Locator<'a> {
 }
 
 impl<'a> Locator<'a> {
-    /// Adds the executable's mapping to `b`.
-    pub(crate) fn new(p: &'a GoProcess, b: &mut ProfileBuilder) -> Locator<'a> {
+    /// Adds the executable's mapping to `b`. `elide_wrappers` for stacks
+    /// from our own unwinding.
+    pub(crate) fn new(
+        p: &'a GoProcess,
+        b: &mut ProfileBuilder,
+        elide_wrappers: bool,
+    ) -> Locator<'a> {
         let m = &p.mapping;
         let mapping = Mapping {
             memory_start: m.start,
@@ -64,7 +71,11 @@ impl<'a> Locator<'a> {
             mapping_id,
             frames: HashMap::new(),
             locations: HashMap::new(),
-            wrapper: p.table.wrapper_func_id(),
+            wrapper: if elide_wrappers {
+                p.table.wrapper_func_id()
+            } else {
+                None
+            },
         }
     }
 

@@ -238,12 +238,13 @@ impl GoProcess {
         }
     }
 
-    /// The first address taken (`lea`) in function `name`.
-    pub(crate) fn first_lea(&self, name: &str) -> Option<u64> {
+    /// The first address of a variable (in a writable segment, so not a
+    /// string constant) taken (`lea`) in function `name`.
+    pub(crate) fn first_data_lea(&self, name: &str) -> Option<u64> {
         self.refs(name)
             .ok()?
             .into_iter()
-            .find(|r| r.access == Access::Lea)
+            .find(|r| r.access == Access::Lea && self.table.in_data(r.target))
             .map(|r| r.target)
     }
 
