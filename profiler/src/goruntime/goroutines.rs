@@ -141,7 +141,13 @@ fn read_all(
         + 8;
     let depth = if p.version.minor <= 22 { 32 } else { 128 };
     let mut out = Vec::new();
-    let mut gbuf = vec![0u8; g_len];
+    // Every g in a few system calls, then every live stack likewise: the
+    // pause is then bound by the kernel's copying, not by syscall count.
+    let g_ranges: Vec<(u64, usize)> = (0..len as usize)
+        .map(|i| (word(&ptrs, i * 8), g_len))
+        .collect();
+    let g_bytes = p.mem.read_many(&g_ranges);
+    let mut walks: Vec<Walk> = Vec::new();
     let mut reasons: Option<Option<u64>> = None;
     let mut label_cache: std::collections::HashMap<u64, Labels> = std::collections::HashMap::new();
     for i in 0..len as usize {
@@ -161,13 +167,13 @@ fn read_all(
         if gp == 0 {
             continue;
         }
-        if p.mem.read(gp, &mut gbuf).is_err() {
+        let Some(gbuf) = &g_bytes[i] else {
             if frozen.is_some() {
                 return Err(p.invalid("runtime.allgs", format!("g {i} at {gp:#x} is unreadable")));
             }
             continue;
-        }
-        let at = |o: u64| word(&gbuf, o as usize);
+        };
+        let at = |o: u64| word(gbuf, o as usize);
         let status = (at(l.g_atomicstatus) as u32) & !G_SCAN;
         if status == G_DEAD || status == G_DEAD_EXTRA {
             continue;
@@ -195,7 +201,15 @@ fn read_all(
                 }
             }
         }
-        let stack = unwind(p, pc, bp, sp, lo, hi, leaf_is_ip, depth);
+        let base = if (lo..hi).contains(&sp) { sp } else { lo };
+        walks.push(Walk {
+            pc,
+            bp,
+            base,
+            lo,
+            hi,
+            leaf_is_ip,
+        });
         // Label sets are immutable and shared (every goroutine of a
         // pprof.Do region points at the same one): read each once.
         let lp = at(l.g_labels);
@@ -203,7 +217,10 @@ fn read_all(
             .entry(lp)
             .or_insert_with(|| read_labels(p, lp).unwrap_or_default())
             .clone();
-        let mut g = G { stack, labels };
+        let mut g = G {
+            stack: Vec::new(),
+            labels,
+        };
         if opts.details {
             let facts = Facts {
                 status,
@@ -220,8 +237,42 @@ fn read_all(
         }
         out.push(g);
     }
+    let snapshot_ranges: Vec<(u64, usize)> = walks
+        .iter()
+        .map(|w| {
+            (
+                w.base,
+                if w.hi - w.base <= SNAPSHOT {
+                    (w.hi - w.base) as usize
+                } else {
+                    0
+                },
+            )
+        })
+        .collect();
+    let snapshots = p.mem.read_many(&snapshot_ranges);
+    for ((g, w), snap) in out.iter_mut().zip(&walks).zip(&snapshots) {
+        let snap = snap.as_deref().filter(|s| !s.is_empty());
+        g.stack = unwind(p, w, snap, depth);
+    }
     Ok(out)
 }
+
+/// Where to start a goroutine's frame-pointer walk.
+struct Walk {
+    /// The resume PC.
+    pc: u64,
+    bp: u64,
+    /// The lowest live stack address (sp, else the stack's low end).
+    base: u64,
+    lo: u64,
+    hi: u64,
+    /// `pc` is an instruction address (registers), not a return address.
+    leaf_is_ip: bool,
+}
+
+/// Live stacks up to this size are read whole, in the batch.
+const SNAPSHOT: u64 = 64 << 10;
 
 /// Whether the goroutine started at `startpc` is one of the runtime's own
 /// (Go's `isSystemGoroutine` with `fixed = false`, less the finalizer and
@@ -240,37 +291,20 @@ fn is_system(p: &GoProcess, startpc: u64) -> bool {
 }
 
 /// The frame-pointer walk: return addresses from `bp` up, inside the
-/// goroutine's stack. `pc` is the resume PC (a return address for a parked
-/// goroutine; an instruction address, `leaf_is_ip`, from registers). The
-/// live part of the stack, `sp..hi`, is read in one call when it is small
-/// (it nearly always is), else frame by frame.
-#[allow(clippy::too_many_arguments)]
-fn unwind(
-    p: &GoProcess,
-    pc: u64,
-    mut bp: u64,
-    sp: u64,
-    lo: u64,
-    hi: u64,
-    leaf_is_ip: bool,
-    depth: usize,
-) -> Vec<u64> {
-    const SNAPSHOT: u64 = 64 << 10;
+/// goroutine's stack, read from `snapshot` (the stack from `w.base` up,
+/// read in the batch) or frame by frame when the stack was too big.
+fn unwind(p: &GoProcess, w: &Walk, snapshot: Option<&[u8]>, depth: usize) -> Vec<u64> {
     let (tlo, thi) = p.table.text_range();
     let text = p.runtime_addr(tlo)..=p.runtime_addr(thi);
     let mut out = Vec::new();
-    if !text.contains(&pc) {
+    if !text.contains(&w.pc) {
         return out;
     }
-    out.push(if leaf_is_ip { pc + 1 } else { pc });
-    let base = if (lo..hi).contains(&sp) { sp } else { lo };
-    let snapshot = (hi - base <= SNAPSHOT)
-        .then(|| p.mem.read_vec(base, (hi - base) as usize).ok())
-        .flatten();
+    out.push(if w.leaf_is_ip { w.pc + 1 } else { w.pc });
     let frame_at = |bp: u64| -> Option<(u64, u64)> {
-        match &snapshot {
-            Some(s) if bp >= base => {
-                let o = (bp - base) as usize;
+        match snapshot {
+            Some(s) if bp >= w.base => {
+                let o = (bp - w.base) as usize;
                 (o + 16 <= s.len()).then(|| (word(s, o), word(s, o + 8)))
             }
             _ => p
@@ -280,7 +314,8 @@ fn unwind(
                 .map(|f| (word(&f, 0), word(&f, 8))),
         }
     };
-    while out.len() < depth && bp >= lo && bp.saturating_add(16) <= hi && bp.is_multiple_of(8) {
+    let mut bp = w.bp;
+    while out.len() < depth && bp >= w.lo && bp.saturating_add(16) <= w.hi && bp.is_multiple_of(8) {
         let Some((next, ret)) = frame_at(bp) else {
             break;
         };

@@ -19,8 +19,9 @@
 
 use std::collections::HashMap;
 
-use crate::pprof::{FunctionKey, Line, Mapping, ProfileBuilder};
+use crate::pprof::{Line, Mapping, ProfileBuilder};
 use crate::symbolize::go::GoFrame;
+use crate::symbolize::Frame;
 
 use super::GoProcess;
 
@@ -174,19 +175,7 @@ impl<'a> Locator<'a> {
         let lines: Vec<Line> = deck
             .iter()
             .filter_map(|l| l.frame.as_ref())
-            .map(|f| {
-                let key = FunctionKey {
-                    name: f.function.clone(),
-                    system_name: f.function.clone(),
-                    filename: f.file.clone(),
-                    start_line: i64::from(f.start_line),
-                };
-                Line {
-                    function_id: b.function(&key),
-                    line: i64::from(f.line),
-                    column: 0,
-                }
-            })
+            .map(|f| crate::encode::line(b, &Frame::from(f.clone())))
             .collect();
         let key = (
             address,

@@ -40,26 +40,14 @@ pub(crate) enum Var {
 }
 
 impl Var {
-    /// The variable's symbol, when `.symtab` can name it directly.
+    /// The variable's symbol, when `.symtab` can name it directly: all but
+    /// `ticks.val`, a field of `runtime.ticks` whose offset changed (1.21),
+    /// which the code rule finds directly.
     fn symbol(self) -> Option<&'static str> {
-        Some(match self {
-            Var::MBuckets => "runtime.mbuckets",
-            Var::BBuckets => "runtime.bbuckets",
-            Var::XBuckets => "runtime.xbuckets",
-            Var::MProfCycle => "runtime.mProfCycle",
-            Var::MemProfileRate => "runtime.MemProfileRate",
-            Var::DisableMemoryProfiling => "runtime.disableMemoryProfiling",
-            Var::BlockProfileRate => "runtime.blockprofilerate",
-            Var::MutexProfileRate => "runtime.mutexprofilerate",
-            // A field of `runtime.ticks` whose offset changed (1.21): the
-            // code rule finds the field itself.
-            Var::TicksPerSecond => return None,
-            Var::Allgs => "runtime.allgs",
-            Var::Allglen => "runtime.allglen",
-        })
+        (self != Var::TicksPerSecond).then(|| self.name())
     }
 
-    /// Human name for errors.
+    /// The variable's name (its symbol), for errors.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Var::MBuckets => "runtime.mbuckets",
