@@ -150,7 +150,7 @@ fn read_all(
     let mut walks: Vec<Walk> = Vec::new();
     let mut reasons: Option<Option<u64>> = None;
     let mut label_cache: std::collections::HashMap<u64, Labels> = std::collections::HashMap::new();
-    for i in 0..len as usize {
+    for (i, g_read) in g_bytes.iter().enumerate() {
         if let Some(f) = frozen {
             if f.elapsed() > max_pause {
                 return Err(GoRuntimeError::Freeze {
@@ -167,7 +167,7 @@ fn read_all(
         if gp == 0 {
             continue;
         }
-        let Some(gbuf) = &g_bytes[i] else {
+        let Some(gbuf) = g_read else {
             if frozen.is_some() {
                 return Err(p.invalid("runtime.allgs", format!("g {i} at {gp:#x} is unreadable")));
             }
