@@ -4,12 +4,16 @@
  *
  * Attached to one perf event per online CPU (cpu-clock or cycles). Each time
  * the event fires it decides whether the current task is wanted, then writes
- * one struct rprof_sample into the ring buffer with the user stack (frame
- * pointers, via bpf_get_stack) and optionally the kernel stack.
+ * one struct rprof_sample into the ring buffer: the user stack, unwound with
+ * the .eh_frame tables user space loaded for the process (falling back to
+ * frame pointers where no table covers the code, or bpf_get_stack's
+ * frame-pointer walk for processes without tables), optionally the kernel
+ * stack, and the process's start time.
  *
- * It needs no kernel type definitions beyond the uapi headers (no CO-RE
- * relocations), so the object loads unchanged on any x86-64 kernel with
- * bpf_loop and bpf_task_pt_regs: Linux 5.17 or later.
+ * The start time is read from task_struct through CO-RE relocations, which
+ * the loader resolves against the running kernel's BTF; the user registers
+ * come from the uapi pt_regs layout, which is ABI. Needs bpf_loop and
+ * bpf_task_pt_regs: Linux 5.17 or later.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>

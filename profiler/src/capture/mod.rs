@@ -1,10 +1,12 @@
 //! Capture: load the BPF program, attach it to a perf event on every CPU and
 //! drain its ring buffer.
 //!
-//! The public surface is [`Capture::start`], which does everything that can
-//! fail up front, and [`Capture::run`], which drains samples until a
-//! deadline, a signal, or the exit of every target.
+//! The public surface is [`Capture::start`] (or [`Capture::load`] then
+//! [`Capture::attach`]), which does everything that can fail up front, and
+//! [`Capture::run_until`], which hands typed samples to a [`Sink`] until
+//! the front end's stop condition.
 
+pub mod clock;
 mod event;
 
 pub use event::Event;
@@ -19,9 +21,9 @@ use profiler_ebpf::abi::{self, Sample};
 use tokio::io::unix::AsyncFd;
 
 use crate::unwind::loader::Unwinder;
+use std::ops::ControlFlow;
 use tokio::io::Interest;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
+use tokio::time::{interval, MissedTickBehavior};
 
 /// What to capture.
 #[derive(Clone, Debug)]
@@ -93,7 +95,7 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Why [`Capture::run`] returned.
+/// Why [`Capture::run_until`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// The requested duration elapsed.
@@ -102,6 +104,19 @@ pub enum StopReason {
     Signal(&'static str),
     /// Every target process exited.
     TargetsExited,
+}
+
+/// Where a capture hands its samples: the engine, wrapped by a front end.
+pub trait Sink {
+    /// One sample, as read from the ring buffer.
+    fn sample(&mut self, s: &Sample);
+
+    /// A few times a second, right after the ring was drained, and once
+    /// more after the capture stopped. `Break` stops the capture.
+    fn tick(&mut self, stats: &CaptureStats) -> ControlFlow<StopReason> {
+        let _ = stats;
+        ControlFlow::Continue(())
+    }
 }
 
 /// Counters the capture keeps.
@@ -247,38 +262,15 @@ impl Capture {
         self.unwinder.take()
     }
 
-    /// Drains samples into `on_sample` until `duration` has passed, SIGINT or
-    /// SIGTERM arrives, or every target has exited. `on_tick` is called a
-    /// few times a second with the running counters, for progress display.
-    pub async fn run(
-        &mut self,
-        duration: Duration,
-        on_sample: impl FnMut(&Sample),
-        on_tick: impl FnMut(&CaptureStats),
-    ) -> Result<StopReason, CaptureError> {
-        let deadline = Instant::now() + duration;
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let stop = async move {
-            tokio::select! {
-                _ = sleep_until(deadline) => StopReason::Deadline,
-                _ = sigint.recv() => StopReason::Signal("SIGINT"),
-                _ = sigterm.recv() => StopReason::Signal("SIGTERM"),
-            }
-        };
-        self.run_until(stop, on_sample, on_tick).await
-    }
-
-    /// Drains samples into `on_sample` until `stop` completes (its output is
-    /// the returned reason) or every target has exited. The node agent uses
-    /// this to capture indefinitely and stop on its own shutdown signal.
-    /// `on_tick` is called a few times a second with the running counters,
-    /// lost samples included.
+    /// Drains samples into `sink` until `stop` completes (its output is
+    /// the returned reason) or the sink's tick asks to stop. The sink's
+    /// tick runs a few times a second, right after a drain, with the
+    /// running counters (lost samples included). Signal handling is the
+    /// front end's: it goes into `stop`.
     pub async fn run_until(
         &mut self,
         stop: impl std::future::Future<Output = StopReason>,
-        mut on_sample: impl FnMut(&Sample),
-        mut on_tick: impl FnMut(&CaptureStats),
+        sink: &mut impl Sink,
     ) -> Result<StopReason, CaptureError> {
         let mut tick = interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -288,19 +280,16 @@ impl Capture {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard?;
-                    drain(guard.get_inner_mut(), &mut self.stats, &mut on_sample);
+                    drain(guard.get_inner_mut(), &mut self.stats, sink);
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
                     // Records are queued without waking us (see wakeup_bytes
                     // in the BPF program), so the tick is what reads them.
-                    drain(self.ring.get_mut(), &mut self.stats, &mut on_sample);
+                    drain(self.ring.get_mut(), &mut self.stats, sink);
                     self.stats.lost = self.read_lost();
-                    on_tick(&self.stats);
-                    if !self.config.pids.is_empty()
-                        && self.config.pids.iter().all(|&p| !crate::process::is_alive(p))
-                    {
-                        break StopReason::TargetsExited;
+                    if let ControlFlow::Break(r) = sink.tick(&self.stats) {
+                        break r;
                     }
                 }
                 r = &mut stop => break r,
@@ -308,9 +297,10 @@ impl Capture {
         };
         (self.stats.bpf_run_ns, self.stats.bpf_run_cnt) = self.read_run_stats();
         self.detach();
-        drain(self.ring.get_mut(), &mut self.stats, &mut on_sample);
+        drain(self.ring.get_mut(), &mut self.stats, sink);
         self.stats.lost = self.read_lost();
-        on_tick(&self.stats);
+        // The last tick: what was drained after the stop is in.
+        let _ = sink.tick(&self.stats);
         Ok(reason)
     }
 
@@ -368,15 +358,11 @@ impl Capture {
 }
 
 /// Reads every record currently in the ring.
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    stats: &mut CaptureStats,
-    on_sample: &mut impl FnMut(&Sample),
-) {
+fn drain(ring: &mut RingBuf<MapData>, stats: &mut CaptureStats, sink: &mut impl Sink) {
     while let Some(item) = ring.next() {
         if let Some(s) = Sample::from_bytes(&item) {
             stats.samples += 1;
-            on_sample(&s);
+            sink.sample(&s);
         }
     }
 }

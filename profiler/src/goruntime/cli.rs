@@ -210,6 +210,8 @@ pub fn capture(
 }
 
 /// A command's failure: the exit code and the message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct Failure {
     pub code: u8,
     pub message: String,

@@ -175,7 +175,7 @@ impl<'a> Locator<'a> {
         let lines: Vec<Line> = deck
             .iter()
             .filter_map(|l| l.frame.as_ref())
-            .map(|f| crate::encode::line(b, &Frame::from(f.clone())))
+            .map(|f| crate::engine::encode::line(b, &Frame::from(f.clone())))
             .collect();
         let key = (
             address,

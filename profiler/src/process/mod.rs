@@ -8,6 +8,7 @@
 //! used may not exist on the host at all.
 
 pub mod buildid;
+pub mod container;
 pub mod exits;
 pub mod maps;
 
@@ -42,6 +43,16 @@ pub struct Binary {
     /// Content hash, computed on first use and only for files without a
     /// build ID.
     content_hash: std::sync::OnceLock<Option<String>>,
+}
+
+impl std::fmt::Debug for Binary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binary")
+            .field("key", &self.key)
+            .field("path", &self.path)
+            .field("open", &self.file.is_some())
+            .finish()
+    }
 }
 
 impl Binary {
@@ -141,13 +152,7 @@ impl Process {
 pub struct ProcessTable {
     procs: HashMap<u32, Process>,
     binaries: HashMap<BinaryKey, Arc<Binary>>,
-    /// Processes retired so far (see [`ProcessTable::retire`]).
-    retired: u32,
 }
-
-/// Where the keys of retired processes start: pids never reach 2^31 (the
-/// kernel caps pid_max at 2^22).
-pub const RETIRED_BASE: u32 = 1 << 31;
 
 /// How often one process's maps may be re-read when addresses miss: a
 /// process whose samples keep missing (JIT code, say) must not make us
@@ -227,35 +232,22 @@ impl ProcessTable {
         self.procs.remove(&pid)
     }
 
-    /// Closes the binaries that no process in the table (and no one else)
-    /// still holds, unless `keep` says to keep one open a while longer, and
-    /// returns their keys. Anything cached under the path of a closed binary
-    /// (its `/proc/self/fd/N` may be reused by the next file opened) must be
-    /// dropped by the caller.
-    pub fn prune_binaries(&mut self, mut keep: impl FnMut(&BinaryKey) -> bool) -> Vec<BinaryKey> {
+    /// Takes the binaries that no process in the table (and no one else)
+    /// still holds out of the table, unless `keep` says to keep one a
+    /// while longer. The caller decides when to drop them (and so close
+    /// them): anything that knows a binary by its `/proc/self/fd/N` path
+    /// must forget it first, since the fd number goes to the next file
+    /// opened.
+    pub fn prune_binaries(&mut self, mut keep: impl FnMut(&BinaryKey) -> bool) -> Vec<Arc<Binary>> {
         let dead: Vec<BinaryKey> = self
             .binaries
             .iter()
             .filter(|(k, b)| Arc::strong_count(b) == 1 && !keep(k))
             .map(|(k, _)| *k)
             .collect();
-        for k in &dead {
-            self.binaries.remove(k);
-        }
-        dead
-    }
-
-    /// Moves an exited process out of the way of the next process to get
-    /// its pid: what we knew about it stays in the table under a new key
-    /// (an alias above every real pid; [`Process::pid`] keeps the real
-    /// one), and the alias is returned so the caller can move that
-    /// process's samples too. `None` if the pid is unknown.
-    pub fn retire(&mut self, pid: u32) -> Option<u32> {
-        let p = self.procs.remove(&pid)?;
-        self.retired = self.retired.wrapping_add(1);
-        let alias = RETIRED_BASE | (self.retired & !RETIRED_BASE);
-        self.procs.insert(alias, p);
-        Some(alias)
+        dead.iter()
+            .filter_map(|k| self.binaries.remove(k))
+            .collect()
     }
 
     /// How many binaries are open.
@@ -332,6 +324,14 @@ pub fn is_alive(pid: u32) -> bool {
         .rfind(')')
         .and_then(|i| stat[i + 1..].split_whitespace().next());
     !matches!(state, Some("Z" | "X" | "x") | None)
+}
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat`
+/// field 22): with the pid, what identifies it across pid reuse.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Total CPU time (user + system) a process has used so far, from
