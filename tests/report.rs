@@ -240,6 +240,27 @@ fn top_matches_pprof_with_sample_index() {
     );
 }
 
+/// Our own heap and allocs profiles (`rprof-bpf heap|allocs` of the
+/// goruntime fixture): every sample type, and allocs' default index.
+#[test]
+fn top_matches_pprof_on_our_heap_profiles() {
+    let heap = fixture("rprof-heap.pb.gz");
+    compare_top(
+        &heap,
+        &[
+            case(0, &[]),
+            case(0, &[("sample_index", "inuse_space")]),
+            case(0, &[("sample_index", "inuse_objects")]),
+            case(0, &[("sample_index", "alloc_space")]),
+            case(0, &[("sample_index", "alloc_objects")]),
+        ],
+    );
+    compare_top(
+        &fixture("rprof-allocs.pb.gz"),
+        &[case(0, &[]), case(5, &[("sample_index", "inuse_space")])],
+    );
+}
+
 #[test]
 fn top_matches_pprof_on_our_profile_with_kernel_frames() {
     let file = fixture("rprof-go.pb.gz");

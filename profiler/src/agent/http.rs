@@ -128,6 +128,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/debug/pprof/symbol", get(symbol_count).post(symbol_lookup))
+        .merge(super::goprofiles::routes())
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
         .with_state(shared.clone())
         // The browser UI (agent/ui.rs), behind the same token.

@@ -25,6 +25,7 @@
 pub mod args;
 pub mod capture_loop;
 pub mod files;
+pub mod goprofiles;
 pub mod health;
 pub mod http;
 pub mod kubeapi;
