@@ -95,9 +95,17 @@ struct rprof_frames {
 	__u64 pc[RPROF_MAX_FRAMES];
 };
 
+/*
+ * One slot per program that unwinds (UNWIND_SLOT_*): a perf-event sample
+ * can interrupt the off-CPU sys_exit program mid-unwind on the same CPU.
+ */
+#define UNWIND_SLOT_PERF   0
+#define UNWIND_SLOT_SWITCH 1
+#define UNWIND_SLOT_EXIT   2
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, struct rprof_frames);
 } unwind_scratch SEC(".maps");
@@ -111,6 +119,7 @@ struct unwind_state {
 	__u32 depth;
 	__u32 root;
 	__u32 leaf_fp; /* the leaf frame was unwound with frame pointers */
+	__u32 slot;    /* UNWIND_SLOT_* of unwind_scratch */
 };
 
 /*
@@ -181,8 +190,7 @@ static __always_inline struct rprof_unwind_row *find_row(struct rprof_proc_map *
 static long unwind_step(__u32 i, void *ctx)
 {
 	struct unwind_state *st = ctx;
-	__u32 zero = 0;
-	struct rprof_frames *out = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	struct rprof_frames *out = bpf_map_lookup_elem(&unwind_scratch, &st->slot);
 	struct rprof_proc_info *proc = bpf_map_lookup_elem(&unwind_procs, &st->pid);
 	__u32 d = st->depth;
 
@@ -252,12 +260,12 @@ static long unwind_step(__u32 i, void *ctx)
  * Unwinds the current task's user stack with the tables into s->user_stack.
  * Returns the number of frames, or -1 if this process has no tables.
  */
-static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid)
+static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid, __u32 slot)
 {
 	if (!dwarf_unwind || !bpf_map_lookup_elem(&unwind_procs, &tgid))
 		return -1;
 
-	struct unwind_state st = { .pid = tgid };
+	struct unwind_state st = { .pid = tgid, .slot = slot };
 	user_regs(&st.ip, &st.sp, &st.bp);
 	/* Kernel threads have no user registers worth reading. */
 	if (!st.ip)
@@ -265,8 +273,7 @@ static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid)
 	__u64 sp0 = st.sp;
 	bpf_loop(RPROF_MAX_FRAMES, unwind_step, &st, 0);
 
-	__u32 zero = 0;
-	struct rprof_frames *out = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	struct rprof_frames *out = bpf_map_lookup_elem(&unwind_scratch, &slot);
 	__u32 n = st.depth;
 	if (!out || n == 0)
 		return 0;
@@ -282,6 +289,39 @@ static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid)
 		s->user_sp_word = 0;
 	s->flags |= RPROF_FLAG_DWARF_UNWOUND;
 	return n;
+}
+
+/*
+ * The current task's user stack into s (tables where the process has them,
+ * else bpf_get_stack's frame-pointer walk), with the word at its stack
+ * pointer for the leaf fix-up. `ctx` is the program's context.
+ */
+static __always_inline void user_stack(void *ctx, struct rprof_sample *s, __u32 tgid, __u32 slot)
+{
+	s->user_sp_word = 0;
+	long n = unwind_user(s, tgid, slot);
+	if (n >= 0) {
+		s->user_frames = n;
+	} else {
+		n = bpf_get_stack(ctx, s->user_stack, sizeof(s->user_stack), BPF_F_USER_STACK);
+		if (n < 0) {
+			s->flags |= RPROF_FLAG_USER_STACK_ERR;
+			n = 0;
+		}
+		s->user_frames = n / sizeof(__u64);
+	}
+
+	/*
+	 * The word at the user stack pointer, from the task's saved user
+	 * registers: right for samples in user and in kernel mode (a syscall
+	 * from a frameless libc wrapper). Kernel threads have no user stack.
+	 */
+	if (n > 0 && !(s->flags & RPROF_FLAG_DWARF_UNWOUND)) {
+		__u64 ip, sp, bp;
+		user_regs(&ip, &sp, &bp);
+		if (bpf_probe_read_user(&s->user_sp_word, sizeof(s->user_sp_word), (void *)sp) < 0)
+			s->user_sp_word = 0;
+	}
 }
 
 /*
@@ -333,34 +373,13 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 	s->start_ns = process_start_ns();
 	bpf_get_current_comm(s->comm, sizeof(s->comm));
 
-	s->user_sp_word = 0;
-	long n = unwind_user(s, tgid);
-	if (n >= 0) {
-		s->user_frames = n;
-	} else {
-		n = bpf_get_stack(ctx, s->user_stack, sizeof(s->user_stack), BPF_F_USER_STACK);
-		if (n < 0) {
-			s->flags |= RPROF_FLAG_USER_STACK_ERR;
-			n = 0;
-		}
-		s->user_frames = n / sizeof(__u64);
-	}
-
-	/*
-	 * The word at the user stack pointer, from the task's saved user
-	 * registers: right for samples in user and in kernel mode (a syscall
-	 * from a frameless libc wrapper). Kernel threads have no user stack.
-	 */
-	if (n > 0 && !(s->flags & RPROF_FLAG_DWARF_UNWOUND)) {
-		__u64 ip, sp, bp;
-		user_regs(&ip, &sp, &bp);
-		if (bpf_probe_read_user(&s->user_sp_word, sizeof(s->user_sp_word), (void *)sp) < 0)
-			s->user_sp_word = 0;
-	}
+	s->state = RPROF_STATE_ON_CPU;
+	s->syscall = -1;
+	user_stack(ctx, s, tgid, UNWIND_SLOT_PERF);
 
 	s->kernel_frames = 0;
 	if (capture_kernel) {
-		n = bpf_get_stack(ctx, s->kernel_stack, sizeof(s->kernel_stack), 0);
+		long n = bpf_get_stack(ctx, s->kernel_stack, sizeof(s->kernel_stack), 0);
 		if (n < 0) {
 			s->flags |= RPROF_FLAG_KERNEL_STACK_ERR;
 			n = 0;
@@ -374,3 +393,9 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 	bpf_ringbuf_submit(s, flags);
 	return 0;
 }
+
+/*
+ * The off-CPU programs share this object's maps (one ring buffer, the pid
+ * filter, the unwind tables): aya cannot share maps between objects.
+ */
+#include "offcpu.h"

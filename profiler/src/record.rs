@@ -120,6 +120,8 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         ring_bytes: opts.ring_bytes,
         unwind: opts.unwind,
         unwind_rows: opts.unwind_rows,
+        off_cpu: false,
+        sweep_every: None,
     };
     let mut ingest = Ingest::new(Box::new(CgroupLabeler));
     // Snapshot the targets before the first sample: a process that exits
@@ -201,6 +203,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         truncated,
         bpf_run_ns: stats.bpf_run_ns,
         bpf_run_cnt: stats.bpf_run_cnt,
+        rate_limited: stats.offcpu_rate_limited,
     };
     let symbolize = !opts.no_symbolize;
     let kallsyms = (symbolize && !opts.user_only)

@@ -330,6 +330,7 @@ async fn profile_handler(
         truncated: 0,
         bpf_run_ns: 0,
         bpf_run_cnt: 0,
+        rate_limited: 0,
     };
     let s2 = s.clone();
     let job = s

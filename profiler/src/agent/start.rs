@@ -30,6 +30,11 @@ use crate::unwind::worker::TableWorker;
 /// twice its size in RSS for nothing (the pages are mapped twice).
 const RING_MILLIS: u64 = 2000;
 
+/// How often threads still off CPU are swept into the window (with
+/// `--off-cpu`): a wait still going at the end of a request counts up to
+/// the last sweep.
+const OFFCPU_SWEEP: Duration = Duration::from_secs(1);
+
 /// How long a stopping agent keeps pushing queued profiles.
 const SHUTDOWN_PUSH_GRACE: Duration = Duration::from_secs(5);
 
@@ -180,6 +185,8 @@ async fn agent_main(
         ),
         unwind: args.unwind,
         unwind_rows: args.unwind_rows,
+        off_cpu: args.off_cpu,
+        sweep_every: args.off_cpu.then_some(OFFCPU_SWEEP),
     })?;
     let tables = match capture.take_unwinder().map(TableWorker::start) {
         Some(Ok(w)) => Some(w),

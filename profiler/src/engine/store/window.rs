@@ -330,6 +330,7 @@ mod tests {
             kernel: &[],
             time_ns,
             weight: 10_000_000,
+            state: Default::default(),
             maps_gen: 0,
         });
         if a.needs_norm {
@@ -383,6 +384,7 @@ mod tests {
             kernel: &[],
             time_ns: 5,
             weight: 10_000_000_000,
+            state: Default::default(),
             maps_gen: 0,
         });
         assert!(a.needs_norm);
