@@ -70,6 +70,13 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
     };
     let headers = push_headers(&args.push_header)?;
     let kube_api = kube_api_config(args).map_err(UsageError)?;
+    if args.event.off_cpu() {
+        return Err(UsageError(format!(
+            "--event {}: the agent samples on cpu-clock or cycles; add --off-cpu and ask for event=off-cpu or event=wall per request",
+            args.event.name()
+        ))
+        .into());
+    }
     preflight::check_frequency(args.frequency).map_err(preflight_error)?;
     preflight::check_privileges().map_err(preflight_error)?;
     preflight::check_kernel().map_err(preflight_error)?;
@@ -238,6 +245,7 @@ async fn agent_main(
         drained: watch::channel(0).0,
         last_tick: AtomicU64::new(mono_now()),
         event: capture.event,
+        off_cpu: args.off_cpu,
         frequency: args.frequency,
         token,
         metrics_no_auth: args.metrics_no_auth,
