@@ -235,8 +235,14 @@ static __always_inline void offcpu_out(void *ctx, struct task_struct___offcpu *p
 		return;
 	int runq = preempt || prev_state == TASK_RUNNING;
 	t->state = runq ? RPROF_STATE_RUNQUEUE : RPROF_STATE_OFF_CPU;
+	/*
+	 * Preempted on the way back from a kept wait, before its syscall
+	 * exits: part of that wait (as the wakeup latency before it is), and
+	 * added to its record at the switch-in.
+	 */
+	if (runq && t->pending)
+		t->state = RPROF_STATE_OFF_CPU;
 	t->armed = NOT_ARMED;
-	/* A pending voluntary wait holds the record: its syscall is not over. */
 	if (runq && !t->pending) {
 		struct offcpu_limit *l = offcpu_limiter(now);
 		__u32 shift = l ? l->shift : 0;
