@@ -15,7 +15,8 @@
  *   the sampling rule decides (below). Its kernel stack, where it blocked,
  *   is read from the task (bpf_get_task_stack: it is not running yet). A
  *   preempted task's record is complete and sent; a voluntary wait waits
- *   for its user stack.
+ *   for its user stack (or for the thread's next switch-out, if it comes
+ *   first: it is still in that syscall).
  * - tp_btf/sys_exit, back in the task: the user registers are exactly the
  *   blocking syscall's, so the user stack is unwound there, and the syscall
  *   number recorded. Voluntary waits outside a syscall (a major page fault,
@@ -233,17 +234,26 @@ static __always_inline void offcpu_out(void *ctx, struct task_struct___offcpu *p
 						     BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!t)
 		return;
+	if (t->pending) {
+		/*
+		 * Off CPU again before the kept wait's syscall exits: still in
+		 * that syscall, so its user stack is the one to send, now.
+		 */
+		struct rprof_sample *s = bpf_task_storage_get(&offcpu_pending, (struct task_struct *)prev, 0, 0);
+		t->pending = 0;
+		if (s) {
+			struct pt_regs *r = (void *)bpf_task_pt_regs((struct task_struct *)prev);
+			long nr = -1;
+			bpf_probe_read_kernel(&nr, sizeof(nr), &r->orig_rax);
+			s->syscall = nr;
+			user_stack(ctx, s, tgid, UNWIND_SLOT_SWITCH);
+			offcpu_send(s);
+		}
+	}
 	int runq = preempt || prev_state == TASK_RUNNING;
 	t->state = runq ? RPROF_STATE_RUNQUEUE : RPROF_STATE_OFF_CPU;
-	/*
-	 * Preempted on the way back from a kept wait, before its syscall
-	 * exits: part of that wait (as the wakeup latency before it is), and
-	 * added to its record at the switch-in.
-	 */
-	if (runq && t->pending)
-		t->state = RPROF_STATE_OFF_CPU;
 	t->armed = NOT_ARMED;
-	if (runq && !t->pending) {
+	if (runq) {
 		struct offcpu_limit *l = offcpu_limiter(now);
 		__u32 shift = l ? l->shift : 0;
 		if (shift > 7)
@@ -328,12 +338,6 @@ static __always_inline void offcpu_in(struct task_struct___offcpu *next, __u64 n
 		bpf_task_storage_get(&offcpu_pending, (struct task_struct *)next, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!s)
 		return;
-	if (t->pending) {
-		/* Another wait within the same syscall: the same stacks. */
-		s->period += w;
-		s->time_ns = now;
-		return;
-	}
 	s->flags = flags;
 	offcpu_meta(s, next, now, w, state);
 	offcpu_kernel_stack(s, next);
