@@ -423,9 +423,11 @@ fn agent_serves_off_cpu_and_wall_from_its_capture() {
     });
     let (waiter, _) = sum(&rows, |r| r.thread == "waiter");
     let pct = |x: f64| 100.0 * x / dur;
-    // Sweeps run every second: a wait still going at the end counts up to
-    // the last one.
-    let tol = bound_points(0, k, dur) + 100.0 * 1e9 / dur;
+    // Sweeps run every second, at the capture loop's 200 ms ticks (which a
+    // busy machine delays): a wait still going at the end counts up to the
+    // last one, up to 1.5 s short.
+    let late = 100.0 * 1.5e9 / dur;
+    let tol = bound_points(0, k, dur) + late;
     eprintln!(
         "agent: napper sleep {:.2}% against {:.2}% (bound {tol:.2}); waiter {:.2}%",
         pct(sleep),
@@ -433,7 +435,7 @@ fn agent_serves_off_cpu_and_wall_from_its_capture() {
         pct(waiter)
     );
     assert!((pct(sleep) - pct(s_true)).abs() <= tol);
-    assert!(pct(waiter) >= 100.0 - 100.0 * 1e9 / dur - 1.0 && pct(waiter) <= 101.0);
+    assert!(pct(waiter) >= 100.0 - late - 1.0 && pct(waiter) <= 101.0);
     let states: std::collections::HashSet<&str> = rows.iter().map(|r| r.state.as_str()).collect();
     assert!(
         states.contains("on_cpu") && states.contains("off_cpu"),

@@ -183,12 +183,8 @@ static __always_inline __u64 ring_wake_flags(void)
 /* Sends an assembled record; a full ring counts as a lost sample. */
 static __always_inline void offcpu_send(struct rprof_sample *s)
 {
-	if (bpf_ringbuf_output(&samples, s, sizeof(*s), ring_wake_flags()) < 0) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&drops, &zero);
-		if (lost)
-			*lost += 1;
-	}
+	if (bpf_ringbuf_output(&samples, s, sizeof(*s), ring_wake_flags()) < 0)
+		count_lost();
 }
 
 /* The identity and timing fields of a record about task t. */
@@ -461,10 +457,7 @@ int rprof_offcpu_sweep(struct bpf_iter__task *ctx)
 		return 0;
 	struct rprof_sample *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
 	if (!s) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&drops, &zero);
-		if (lost)
-			*lost += 1;
+		count_lost();
 		return 0;
 	}
 	s->flags = flags;

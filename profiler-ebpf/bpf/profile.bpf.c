@@ -341,6 +341,16 @@ static __always_inline __u64 process_start_ns(void)
 	return BPF_CORE_READ(task, group_leader, start_time);
 }
 
+/* A record the full ring buffer could not take. */
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&drops, &zero);
+
+	if (lost)
+		*lost += 1;
+}
+
 SEC("perf_event")
 int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 {
@@ -357,10 +367,7 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 
 	struct rprof_sample *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
 	if (!s) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&drops, &zero);
-		if (lost)
-			*lost += 1;
+		count_lost();
 		return 0;
 	}
 
