@@ -281,6 +281,25 @@ fn top_matches_pprof_on_our_profile_with_kernel_frames() {
     );
 }
 
+/// Our off-CPU and wall profiles (tests/fixtures/c/offcpu.c): their time
+/// types (`off_cpu`, `time`, in ns) are the default sample index, as in
+/// pprof, and `samples` and units select like any other.
+#[test]
+fn top_matches_pprof_on_our_offcpu_and_wall_profiles() {
+    for name in ["rprof-offcpu.pb.gz", "rprof-wall.pb.gz"] {
+        compare_top(
+            &fixture(name),
+            &[
+                case(10, &[]),
+                case(10, &[("sample_index", "samples")]),
+                case(10, &[("sample_index", "0")]),
+                case(10, &[("unit", "ms")]),
+                case(10, &[("focus", "nap_")]),
+            ],
+        );
+    }
+}
+
 #[test]
 fn top_matches_pprof_with_hide_and_tag_filters() {
     compare_top(

@@ -128,6 +128,8 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         unwind: opts.unwind,
         unwind_rows: opts.unwind_rows,
         process_events: true,
+        off_cpu: false,
+        sweep_every: None,
     };
     let mut ingest = Ingest::new(Box::new(CgroupLabeler));
     if !opts.pids.is_empty() {
@@ -218,6 +220,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         truncated,
         bpf_run_ns: stats.bpf_run_ns,
         bpf_run_cnt: stats.bpf_run_cnt,
+        rate_limited: stats.offcpu_rate_limited,
     };
     let symbolize = !opts.no_symbolize;
     let kallsyms = (symbolize && !opts.user_only)

@@ -3,7 +3,8 @@
 //! the node agent's cost. Writes `BENCHMARKS.md`.
 //!
 //! `cargo xtask bench --agent-only [--agent-seconds N]` runs only the agent
-//! case and prints its table (BENCHMARKS.md is left alone).
+//! case and prints its table (BENCHMARKS.md is left alone); `--offcpu-only`
+//! likewise for the off-CPU storm (section 8).
 //!
 //! The machine is noisy, so comparisons run their candidates in turns within
 //! one run, and report medians over the rounds and ratios.
@@ -18,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use crate::deps::workspace_root;
 
 mod agent;
+mod offcpu;
 mod ui;
 
 /// What one measured command cost.
@@ -155,6 +157,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let agent_only = args.iter().any(|a| a == "--agent-only");
     let ui_only = args.iter().any(|a| a == "--ui-only");
+    let offcpu_only = args.iter().any(|a| a == "--offcpu-only");
     let agent_secs = match args.iter().position(|a| a == "--agent-seconds") {
         Some(i) => args
             .get(i + 1)
@@ -196,6 +199,12 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("{md}");
         return Ok(());
     }
+    if offcpu_only {
+        offcpu::offcpu(&env, if quick { 2 } else { 5 }, &mut md)?;
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+        println!("{md}");
+        return Ok(());
+    }
     if agent_only {
         agent::agent(&env, &spin, agent_secs, &mut md)?;
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
@@ -210,6 +219,7 @@ pub fn run(args: &[String]) -> Result<()> {
     unwinding(&env, &mut md)?;
     agent::agent(&env, &spin, agent_secs, &mut md)?;
     ui::ui(&env, &mut md)?;
+    offcpu::offcpu(&env, if quick { 2 } else { 5 }, &mut md)?;
     if !quick {
         go_table(&env, &mut md)?;
     }

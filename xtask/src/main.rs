@@ -6,7 +6,8 @@
 //! - `cargo xtask fuzz [--seconds N] [--replay] [TARGET...]`: the fuzz
 //!   targets in `fuzz/` (see `fuzz.rs`).
 //! - `cargo xtask bench [--quick]`: run the benchmarks, write BENCHMARKS.md
-//!   (`--agent-only [--agent-seconds N]`: only the node agent's cost, printed).
+//!   (`--agent-only [--agent-seconds N]`: only the node agent's cost, printed;
+//!   `--offcpu-only`: only the off-CPU storm).
 
 mod bench;
 mod deps;
@@ -38,7 +39,7 @@ fn run() -> Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask <bpf|deps|test|bench [--quick] [--agent-only] [--ui-only] [--agent-seconds N]|fuzz [--seconds N] [--replay] [TARGET...]>"
+            "usage: cargo xtask <bpf|deps|test|bench [--quick] [--agent-only] [--ui-only] [--offcpu-only] [--agent-seconds N]|fuzz [--seconds N] [--replay] [TARGET...]>"
         ),
     }
 }

@@ -26,6 +26,7 @@ use tokio::sync::{watch, Semaphore};
 use super::metrics::{self, Counters};
 use super::shared::Shared;
 use crate::capture::clock::{mono_now, mono_to_unix_ns};
+use crate::capture::Event;
 use crate::engine::encode::{self, Header, LabelPolicy, ReadyStack};
 use crate::engine::identity::lock;
 use crate::engine::store::window::{Filter, ProcRow};
@@ -47,6 +48,17 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(MAX_SECONDS + 120);
 pub struct ProfileQuery {
     pub seconds: u64,
     pub target: Target,
+    /// `event=`: the sampling clock's CPU profile (`cpu`, the default),
+    /// or, with `--off-cpu`, `off-cpu` or `wall`.
+    pub kind: Kind,
+}
+
+/// Which profile a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Cpu,
+    OffCpu,
+    Wall,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,8 +78,17 @@ pub enum Target {
 pub fn parse_query(pairs: &[(String, String)]) -> Result<ProfileQuery, String> {
     let mut seconds = DEFAULT_SECONDS;
     let mut targets = Vec::new();
+    let mut kind = Kind::Cpu;
     for (k, v) in pairs {
         match k.as_str() {
+            "event" => {
+                kind = match v.trim() {
+                    "cpu" | "" => Kind::Cpu,
+                    "off-cpu" => Kind::OffCpu,
+                    "wall" => Kind::Wall,
+                    _ => return Err(format!("event={v:?}: expected cpu, off-cpu or wall")),
+                };
+            }
             "seconds" => {
                 seconds = v
                     .trim()
@@ -116,6 +137,7 @@ pub fn parse_query(pairs: &[(String, String)]) -> Result<ProfileQuery, String> {
     Ok(ProfileQuery {
         seconds,
         target: targets.pop().unwrap_or(Target::Node),
+        kind,
     })
 }
 
@@ -251,6 +273,17 @@ async fn profile_handler(
         },
         Err(e) => return bad(format!("bad query string: {e}")),
     };
+    let event = match q.kind {
+        Kind::Cpu => s.event,
+        Kind::OffCpu => Event::OffCpu,
+        Kind::Wall => Event::Wall,
+    };
+    if event.off_cpu() && !s.off_cpu {
+        return bad(format!(
+            "event={}: this agent records no off-CPU waits; start it with --off-cpu",
+            event.name()
+        ));
+    }
     let not_found = |m: String| {
         Counters::inc(&s.counters.requests_not_found);
         text(StatusCode::NOT_FOUND, m)
@@ -324,17 +357,18 @@ async fn profile_handler(
     tokio::time::sleep(Duration::from_secs(q.seconds)).await;
     s.wait_drained(t1).await;
     let header = Header {
-        event: s.event,
+        event,
         frequency: s.frequency,
         start_unix_nanos: start_ns,
         duration_nanos: (t1 - t0) as i64,
-        command: format!("agent {what} seconds={}", q.seconds),
+        command: format!("agent {what} seconds={} event={}", q.seconds, event.name()),
         lost: s.lost().saturating_sub(lost0),
         truncated: 0,
         bpf_run_ns: 0,
         bpf_run_cnt: 0,
+        rate_limited: 0,
     };
-    let job = build_profile(&s, filter, t0, t1, header, |p| {
+    let job = build_profile(&s, filter, event, t0, t1, header, |p| {
         crate::pprof::encode_gzip(&p)
     })
     .await;
@@ -368,6 +402,7 @@ async fn profile_handler(
 pub(super) async fn build_profile<R: Send + 'static>(
     s: &Arc<Shared>,
     filter: Filter,
+    event: Event,
     t0: u64,
     t1: u64,
     header: Header,
@@ -376,7 +411,7 @@ pub(super) async fn build_profile<R: Send + 'static>(
     let s2 = s.clone();
     s.sym
         .run(move |sym| {
-            s2.with_ready(sym, &filter, t0, t1, |ready, kernel| {
+            s2.with_ready(sym, &filter, event, (t0, t1), |ready, kernel| {
                 let stacks: Vec<&ReadyStack> = ready.iter().collect();
                 f(encode::build(&stacks, &header, kernel, LabelPolicy::Node))
             })
@@ -535,16 +570,20 @@ mod tests {
             q(&[]).unwrap(),
             ProfileQuery {
                 seconds: 30,
-                target: Target::Node
+                target: Target::Node,
+                kind: Kind::Cpu,
             }
         );
         assert_eq!(
             q(&[("pid", "12"), ("seconds", "5")]).unwrap(),
             ProfileQuery {
                 seconds: 5,
-                target: Target::Pid(12)
+                target: Target::Pid(12),
+                kind: Kind::Cpu,
             }
         );
+        assert_eq!(q(&[("event", "wall")]).unwrap().kind, Kind::Wall);
+        assert_eq!(q(&[("event", "off-cpu")]).unwrap().kind, Kind::OffCpu);
         let id = "AB".repeat(32);
         assert_eq!(
             q(&[("container", &format!("containerd://{id}"))])
@@ -571,6 +610,7 @@ mod tests {
             vec![("pod", "noslash")],
             vec![("pod", "/x")],
             vec![("pid", "1"), ("pod", "a/b")],
+            vec![("event", "cycles")],
         ] {
             assert!(q(&bad).is_err(), "{bad:?}");
         }

@@ -30,6 +30,11 @@ use crate::unwind::worker::TableWorker;
 /// twice its size in RSS for nothing (the pages are mapped twice).
 const RING_MILLIS: u64 = 2000;
 
+/// How often threads still off CPU are swept into the window (with
+/// `--off-cpu`): a wait still going at the end of a request counts up to
+/// the last sweep.
+const OFFCPU_SWEEP: Duration = Duration::from_secs(1);
+
 /// How long a stopping agent keeps pushing queued profiles.
 const SHUTDOWN_PUSH_GRACE: Duration = Duration::from_secs(5);
 
@@ -65,6 +70,13 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
     };
     let headers = push_headers(&args.push_header)?;
     let kube_api = kube_api_config(args).map_err(UsageError)?;
+    if args.event.off_cpu() {
+        return Err(UsageError(format!(
+            "--event {}: the agent samples on cpu-clock or cycles; add --off-cpu and ask for event=off-cpu or event=wall per request",
+            args.event.name()
+        ))
+        .into());
+    }
     preflight::check_frequency(args.frequency).map_err(preflight_error)?;
     preflight::check_privileges().map_err(preflight_error)?;
     preflight::check_kernel().map_err(preflight_error)?;
@@ -181,6 +193,8 @@ async fn agent_main(
         unwind: args.unwind,
         unwind_rows: args.unwind_rows,
         process_events: true,
+        off_cpu: args.off_cpu,
+        sweep_every: args.off_cpu.then_some(OFFCPU_SWEEP),
     })?;
     let tables = match capture.take_unwinder().map(TableWorker::start) {
         Some(Ok(w)) => Some(w),
@@ -236,6 +250,7 @@ async fn agent_main(
         last_tick: AtomicU64::new(mono_now()),
         health,
         event: capture.event,
+        off_cpu: args.off_cpu,
         frequency: args.frequency,
         token,
         metrics_no_auth: args.metrics_no_auth,

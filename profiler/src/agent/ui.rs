@@ -263,12 +263,13 @@ impl ProfileSource for WindowSource {
                 command: format!("agent ui pid={pid} last {seconds}s of the window"),
                 lost: 0,
                 truncated: 0,
+                rate_limited: 0,
                 bpf_run_ns: 0,
                 bpf_run_cnt: 0,
             };
             let title = format!("pid {pid} {comm} · last {seconds} s");
             let filter = Filter::Pid { pid, start_ticks };
-            let snap = build_profile(s, filter, t0, t1, header, move |p| {
+            let snap = build_profile(s, filter, s.event, t0, t1, header, move |p| {
                 Snapshot::from_profile(title, &p)
             })
             .await

@@ -73,8 +73,11 @@ pub struct Ingested<'a> {
     pub kernel: &'a [u64],
     /// CLOCK_MONOTONIC ns.
     pub time_ns: u64,
-    /// The sample's weight: ns of CPU for cpu-clock, cycles for the PMU.
+    /// The sample's weight: ns of CPU for cpu-clock, cycles for the PMU,
+    /// ns waited off CPU.
     pub weight: u64,
+    /// On CPU, or which kind of wait (off-CPU records).
+    pub state: super::state::ThreadState,
     /// How many times the process's mappings changed so far: a stack
     /// normalized with a miss under an older generation is worth another
     /// try.
@@ -323,6 +326,7 @@ impl Ingest {
             kernel: s.kernel_stack(),
             time_ns: s.time_ns,
             weight: s.period,
+            state: super::state::ThreadState::of(s),
             maps_gen,
             epoch,
         }

@@ -29,6 +29,7 @@ pub mod ingest;
 pub mod memory;
 pub mod normalize;
 pub mod resolve;
+pub mod state;
 pub mod store;
 
 use std::ops::ControlFlow;
