@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use crate::deps::workspace_root;
 
 mod agent;
+mod engine;
 mod offcpu;
 mod ui;
 
@@ -158,6 +159,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let agent_only = args.iter().any(|a| a == "--agent-only");
     let ui_only = args.iter().any(|a| a == "--ui-only");
     let offcpu_only = args.iter().any(|a| a == "--offcpu-only");
+    let engine_only = args.iter().any(|a| a == "--engine-only");
     let agent_secs = match args.iter().position(|a| a == "--agent-seconds") {
         Some(i) => args
             .get(i + 1)
@@ -199,6 +201,12 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("{md}");
         return Ok(());
     }
+    if engine_only {
+        engine::replay(&env, quick, &mut md)?;
+        engine::short_lived(&env, &mut md)?;
+        println!("{md}");
+        return Ok(());
+    }
     if offcpu_only {
         offcpu::offcpu(&env, if quick { 2 } else { 5 }, &mut md)?;
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
@@ -220,6 +228,8 @@ pub fn run(args: &[String]) -> Result<()> {
     agent::agent(&env, &spin, agent_secs, &mut md)?;
     ui::ui(&env, &mut md)?;
     offcpu::offcpu(&env, if quick { 2 } else { 5 }, &mut md)?;
+    engine::replay(&env, quick, &mut md)?;
+    engine::short_lived(&env, &mut md)?;
     if !quick {
         go_table(&env, &mut md)?;
     }
