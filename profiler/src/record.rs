@@ -8,19 +8,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::process::events::ProcEvent;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use profiler_ebpf::abi::Sample;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::capture::{
-    Capture, CaptureConfig, CaptureError, CaptureStats, Event, Sink, StopReason, Unwind,
+    Capture, CaptureConfig, CaptureError, CaptureStats, Event, StopReason, Unwind,
 };
 use crate::engine::encode::{self, Header, LabelPolicy, ReadyStack};
 use crate::engine::ingest::{CgroupLabeler, Ingest};
 use crate::engine::resolve::{Pending, ResolveLimits, Resolver};
 use crate::engine::store::totals::Totals;
-use crate::engine::Engine;
+use crate::engine::{Driven, Engine, FrontEnd};
 use crate::pprof;
 use crate::preflight::{self, PreflightError};
 use crate::symbolize::debuginfod::Debuginfod;
@@ -174,12 +172,14 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         capture.event.name()
     );
     let total = Duration::from_secs(opts.seconds);
-    let mut sink = RecorderSink {
+    let mut sink = Driven {
         engine: Engine::new(ingest, Totals::new()),
-        targets: opts.pids.clone(),
-        bar: progress_bar(opts.seconds, opts.quiet),
-        started,
-        total,
+        front: Progress {
+            targets: opts.pids.clone(),
+            bar: progress_bar(opts.seconds, opts.quiet),
+            started,
+            total,
+        },
     };
     let deadline = tokio::time::Instant::now() + total;
     let stop = async move {
@@ -190,7 +190,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         }
     };
     let stop = capture.run_until(stop, &mut sink).await?;
-    sink.bar.finish_and_clear();
+    sink.front.bar.finish_and_clear();
     let stats = capture.stats();
     let event = capture.event;
     let duration = started.elapsed();
@@ -252,27 +252,17 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
     })
 }
 
-/// The recorder's sink: the engine, a progress bar, and the end of the
-/// targets.
-struct RecorderSink {
-    engine: Engine<Totals>,
+/// What the recorder does at each tick: a progress bar, and the end of
+/// the targets.
+struct Progress {
     targets: Vec<u32>,
     bar: ProgressBar,
     started: Instant,
     total: Duration,
 }
 
-impl Sink for RecorderSink {
-    fn sample(&mut self, s: &Sample) {
-        self.engine.add(s);
-    }
-
-    fn event(&mut self, e: &ProcEvent) {
-        self.engine.event(e);
-    }
-
-    fn tick(&mut self, stats: &CaptureStats) -> ControlFlow<StopReason> {
-        let _ = self.engine.tick(stats);
+impl FrontEnd<Totals> for Progress {
+    fn tick(&mut self, _: &mut Engine<Totals>, stats: &CaptureStats) -> ControlFlow<StopReason> {
         let elapsed = self.started.elapsed().min(self.total);
         self.bar.set_position(elapsed.as_millis() as u64);
         self.bar.set_message(format!("{} samples", stats.samples));

@@ -9,7 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 
 use super::args::{AgentArgs, UsageError};
-use super::capture_loop::{AgentSink, KubeLabeler};
+use super::capture_loop::{self, KubeLabeler};
 use super::metrics::Counters;
 use super::push::{self, Pusher};
 use super::shared::Shared;
@@ -309,7 +309,7 @@ async fn agent_main(
     if let Some(w) = tables {
         ingest.set_tables(w);
     }
-    let mut sink = AgentSink::new(ingest, shared.clone());
+    let mut sink = capture_loop::sink(ingest, shared.clone());
     let reason = capture.run_until(stop, &mut sink).await?;
     if let StopReason::Signal(sig) = reason {
         tracing::info!("rprof-bpf agent: {sig}: stopping");

@@ -15,7 +15,14 @@ pub(super) fn replay(env: &Env, quick: bool, md: &mut String) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     super::sh(
         Command::new(&cargo)
-            .args(["build", "--release", "-p", "rprof-bpf", "--example", "replay"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "rprof-bpf",
+                "--example",
+                "replay",
+            ])
             .current_dir(&env.root),
     )?;
     let exe = env.root.join("target/release/examples/replay");
@@ -88,9 +95,17 @@ pub(super) fn short_lived(env: &Env, md: &mut String) -> Result<()> {
     let theirs = perf_named_share(&String::from_utf8_lossy(&script.stdout));
     writeln!(md, "## 10. Short-lived processes\n")?;
     writeln!(md, "A C program computing 30 ms in `short_hot` and exiting, run 100 times during an 8 s system-wide capture at 1000 Hz: the share of its samples whose stack names `short_hot` (the rest is the dynamic loader and libc starting up).\n")?;
-    writeln!(md, "| | samples of the process | named `short_hot` |\n| --- | --- | --- |")?;
+    writeln!(
+        md,
+        "| | samples of the process | named `short_hot` |\n| --- | --- | --- |"
+    )?;
     writeln!(md, "| rprof-bpf | {} | {:.1}% |", ours.0, 100.0 * ours.1)?;
-    writeln!(md, "| perf record -a -g + perf script | {} | {:.1}% |\n", theirs.0, 100.0 * theirs.1)?;
+    writeln!(
+        md,
+        "| perf record -a -g + perf script | {} | {:.1}% |\n",
+        theirs.0,
+        100.0 * theirs.1
+    )?;
     Ok(())
 }
 
