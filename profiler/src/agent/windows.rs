@@ -13,7 +13,6 @@ use super::shared::Shared;
 use super::symthread::SymState;
 use crate::capture::clock::{mono_now, mono_to_unix_ns};
 use crate::engine::encode::{self, Header, LabelPolicy, ReadyStack};
-use crate::engine::identity::lock;
 use crate::engine::identity::{ProcKey, ProcMeta};
 use crate::engine::memory;
 use crate::engine::store::window::Filter;
@@ -159,12 +158,16 @@ fn window_job(shared: &Shared, sym: &mut SymState, t0: u64, t1: u64, lost: u64) 
     }
 }
 
-/// Heap the window must have given back before the janitor trims: trimming
-/// walks every arena, so not for small change.
-const TRIM_AFTER: usize = 256 << 10;
+/// Heap we must have given back before the janitor trims: trimming walks
+/// every arena, so not for small change.
+const TRIM_AFTER: usize = 1 << 20;
 
-/// Every second: returns freed heap to the system once the window shrank
-/// (glibc keeps what a burst of short-lived processes made us allocate).
+/// Every second: returns freed heap to the system once our heap shrank
+/// from its high-water mark (glibc keeps what a burst of short-lived
+/// processes made us allocate: their mapping histories, their window
+/// rows, their symbols). Measured on the whole heap, not the window: a
+/// burst of processes that barely ran grows the process table far more
+/// than the window.
 pub(super) async fn janitor(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -174,7 +177,9 @@ pub(super) async fn janitor(shared: Arc<Shared>, mut stop: watch::Receiver<bool>
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let bytes = lock(&shared.window).bytes();
+        let Some(bytes) = memory::heap_in_use() else {
+            return;
+        };
         if bytes + TRIM_AFTER < high_water {
             // On the symbolizer thread: trimming takes the allocator's
             // locks, and that thread is the one that grows the heap most.

@@ -522,6 +522,10 @@ impl Ingest {
         for pid in done {
             self.finish(pid);
         }
+        // As the process table: a burst must not leave its capacity behind.
+        if self.live.capacity() > 4 * self.live.len() + 64 {
+            self.live.shrink_to(2 * self.live.len());
+        }
         let exited = self
             .exits
             .as_mut()

@@ -486,6 +486,15 @@ impl ProcessTable {
         for p in self.procs.values_mut().chain(self.gone.iter_mut()) {
             p.prune_ended(before_ns);
         }
+        // A burst of short-lived processes (a build, a shell loop) grows
+        // the table to thousands of entries; without this its capacity,
+        // several MiB, would stay after they are forgotten.
+        if self.procs.capacity() > 4 * self.procs.len() + 64 {
+            self.procs.shrink_to(2 * self.procs.len());
+        }
+        if self.gone.capacity() > 4 * self.gone.len() + 64 {
+            self.gone.shrink_to(2 * self.gone.len());
+        }
     }
 }
 
