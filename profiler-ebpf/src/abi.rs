@@ -19,6 +19,15 @@ pub const FLAG_KERNEL_STACK_ERR: u32 = 1 << 1;
 pub const FLAG_DWARF_UNWOUND: u32 = 1 << 2;
 /// The unwinder stopped at an outermost frame (`_start`, thread start).
 pub const FLAG_REACHED_ROOT: u32 = 1 << 3;
+/// A frame-pointer step gave a return address in no executable mapping:
+/// the walk ended before it, without it.
+pub const FLAG_FP_TRUNCATED: u32 = 1 << 4;
+/// The walk stopped because a table's rows were being replaced.
+pub const FLAG_STALE_TABLE: u32 = 1 << 5;
+
+/// Marks a table's header row: its `pc` is `ROW_GEN | gen`
+/// (`RPROF_ROW_GEN`; see [`ProcMap::gen`]).
+pub const ROW_GEN: u64 = 1 << 63;
 
 /// Default capacity of the shared unwind-row array (`RPROF_MAX_UNWIND_ROWS`).
 pub const MAX_UNWIND_ROWS: u32 = 1 << 19;
@@ -67,9 +76,14 @@ pub struct ProcMap {
     pub start: u64,
     pub end: u64,
     pub offset: u64,
+    /// First row of the file's table; its header row is the one before.
     pub row_start: u32,
     /// 0: no table, frame pointers.
     pub row_count: u32,
+    /// The table's placement: its header row reads [`ROW_GEN`]` | gen`
+    /// for as long as the rows are this table's.
+    pub gen: u32,
+    pub _pad: u32,
 }
 
 /// The executable mappings of one process, sorted by start.
@@ -187,11 +201,12 @@ int main(void) {
     printf("FLAG_USER_STACK_ERR %u\nFLAG_KERNEL_STACK_ERR %u\n", RPROF_FLAG_USER_STACK_ERR, RPROF_FLAG_KERNEL_STACK_ERR);
     printf("MAP_SAMPLES %s\nMAP_TARGETS %s\nMAP_DROPS %s\n", RPROF_MAP_SAMPLES, RPROF_MAP_TARGETS, RPROF_MAP_DROPS);
     printf("FLAG_DWARF_UNWOUND %u\nFLAG_REACHED_ROOT %u\n", RPROF_FLAG_DWARF_UNWOUND, RPROF_FLAG_REACHED_ROOT);
+    printf("FLAG_FP_TRUNCATED %u\nFLAG_STALE_TABLE %u\nROW_GEN %llu\n", RPROF_FLAG_FP_TRUNCATED, RPROF_FLAG_STALE_TABLE, RPROF_ROW_GEN);
     printf("MAX_UNWIND_ROWS %u\nMAX_PROC_MAPS %d\nMAX_PROCS %d\n", RPROF_MAX_UNWIND_ROWS, RPROF_MAX_PROC_MAPS, RPROF_MAX_PROCS);
     printf("CFA %d %d %d %d %d\n", RPROF_CFA_NONE, RPROF_CFA_RSP, RPROF_CFA_RBP, RPROF_CFA_PLT, RPROF_CFA_END);
     printf("MAP_UNWIND_ROWS %s\nMAP_PROCS %s\n", RPROF_MAP_UNWIND_ROWS, RPROF_MAP_PROCS);
     printf("row %zu %zu %zu %zu %zu\n", sizeof(struct rprof_unwind_row), offsetof(struct rprof_unwind_row, pc), offsetof(struct rprof_unwind_row, cfa_offset), offsetof(struct rprof_unwind_row, rbp_offset), offsetof(struct rprof_unwind_row, cfa_reg));
-    printf("map %zu %zu %zu %zu %zu %zu\n", sizeof(struct rprof_proc_map), offsetof(struct rprof_proc_map, start), offsetof(struct rprof_proc_map, end), offsetof(struct rprof_proc_map, offset), offsetof(struct rprof_proc_map, row_start), offsetof(struct rprof_proc_map, row_count));
+    printf("map %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct rprof_proc_map), offsetof(struct rprof_proc_map, start), offsetof(struct rprof_proc_map, end), offsetof(struct rprof_proc_map, offset), offsetof(struct rprof_proc_map, row_start), offsetof(struct rprof_proc_map, row_count), offsetof(struct rprof_proc_map, gen));
     printf("proc %zu %zu %zu\n", sizeof(struct rprof_proc_info), offsetof(struct rprof_proc_info, count), offsetof(struct rprof_proc_info, maps));
     return 0;
 }
@@ -239,6 +254,9 @@ int main(void) {
             ("MAP_DROPS", MAP_DROPS.to_string()),
             ("FLAG_DWARF_UNWOUND", FLAG_DWARF_UNWOUND.to_string()),
             ("FLAG_REACHED_ROOT", FLAG_REACHED_ROOT.to_string()),
+            ("FLAG_FP_TRUNCATED", FLAG_FP_TRUNCATED.to_string()),
+            ("FLAG_STALE_TABLE", FLAG_STALE_TABLE.to_string()),
+            ("ROW_GEN", ROW_GEN.to_string()),
             ("MAX_UNWIND_ROWS", MAX_UNWIND_ROWS.to_string()),
             ("MAX_PROC_MAPS", MAX_PROC_MAPS.to_string()),
             ("MAX_PROCS", MAX_PROCS.to_string()),
@@ -262,13 +280,14 @@ int main(void) {
             (
                 "map",
                 format!(
-                    "{} {} {} {} {} {}",
+                    "{} {} {} {} {} {} {}",
                     size_of::<ProcMap>(),
                     offset_of!(ProcMap, start),
                     offset_of!(ProcMap, end),
                     offset_of!(ProcMap, offset),
                     offset_of!(ProcMap, row_start),
-                    offset_of!(ProcMap, row_count)
+                    offset_of!(ProcMap, row_count),
+                    offset_of!(ProcMap, gen)
                 ),
             ),
             (

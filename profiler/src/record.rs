@@ -168,16 +168,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
     let event = capture.event;
     let unwind_stats = unwinder.and_then(TableWorker::finish);
     if let (Some(st), false) = (unwind_stats, opts.quiet) {
-        eprintln!(
-            "unwind tables: {} binaries ({:.1} MiB of code), {} of {} rows ({:.1} MiB), {} processes, built in {} ms",
-            st.binaries,
-            st.text_bytes as f64 / (1024.0 * 1024.0),
-            st.rows,
-            st.capacity,
-            f64::from(st.rows) * 16.0 / (1024.0 * 1024.0),
-            st.processes,
-            st.build_time.as_millis()
-        );
+        eprintln!("unwind tables: {st}");
     }
     let duration = started.elapsed();
     // Detaches everything before the (possibly long) symbolization.
@@ -304,6 +295,9 @@ impl Live {
             .user_stack(&mut self.procs, s.pid, s.user_stack(), s.user_sp_word);
         if self.agg.add(s, &user) && crate::normalize::check_stack(&mut self.procs, s.pid, &user) {
             self.load_tables(s.pid);
+        }
+        if let Some(u) = &mut self.unwinder {
+            u.touch(s.pid);
         }
     }
 
