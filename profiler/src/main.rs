@@ -144,9 +144,10 @@ fn record_main(a: RecordArgs) -> ExitCode {
     match record::run(&opts) {
         Ok(s) => {
             eprintln!(
-                "rprof-bpf: {} samples, {} lost, {} process{} -> {} ({})",
+                "rprof-bpf: {} samples, {} lost, {}{} process{} -> {} ({})",
                 s.samples,
                 s.lost,
+                rprof_bpf::unwind::sanitize::summary(s.truncated_stacks),
                 s.processes,
                 if s.processes == 1 { "" } else { "es" },
                 opts.output.display(),

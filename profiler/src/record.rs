@@ -70,6 +70,8 @@ pub struct Summary {
     /// Mean BPF program run time per invocation in ns, when the kernel's
     /// BPF statistics are on.
     pub bpf_ns_per_run: Option<f64>,
+    /// User stacks cut at a garbage return address.
+    pub truncated_stacks: u64,
 }
 
 /// Runs the pipeline end to end.
@@ -162,6 +164,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         procs,
         agg,
         unwinder,
+        sanitizer,
         ..
     } = live.into_inner();
     let stats = capture.stats();
@@ -220,6 +223,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         stop,
         bpf_ns_per_run: (stats.bpf_run_cnt > 0)
             .then(|| stats.bpf_run_ns as f64 / stats.bpf_run_cnt as f64),
+        truncated_stacks: sanitizer.truncated(),
     })
 }
 
@@ -250,6 +254,7 @@ struct Live {
     agg: Aggregate,
     leaf: LeafFixer,
     unwinder: Option<TableWorker>,
+    sanitizer: crate::unwind::sanitize::Sanitizer,
     exits: ExitWatch,
     /// The start time of the process behind each pid, from its samples.
     starts: HashMap<u32, u64>,
@@ -262,6 +267,7 @@ impl Live {
             agg: Aggregate::new(),
             leaf: LeafFixer::new(),
             unwinder: None,
+            sanitizer: Default::default(),
             exits: ExitWatch::new(),
             starts: HashMap::new(),
         }
@@ -293,9 +299,13 @@ impl Live {
         let user = self
             .leaf
             .user_stack(&mut self.procs, s.pid, s.user_stack(), s.user_sp_word);
-        if self.agg.add(s, &user) && crate::normalize::check_stack(&mut self.procs, s.pid, &user) {
+        let (user, refreshed) = self
+            .sanitizer
+            .user_stack(&mut self.procs, s.pid, user, s.flags);
+        if refreshed {
             self.load_tables(s.pid);
         }
+        self.agg.add(s, &user);
         if let Some(u) = &mut self.unwinder {
             u.touch(s.pid);
         }

@@ -7,7 +7,8 @@
 //! and evicted least recently used first under a byte budget ([`alloc`]
 //! finds room for rows, [`kernel`] writes the BPF maps); [`worker`] does
 //! all of that off the sample loop. [`leaf`] repairs the caller of a
-//! frameless leaf where only frame pointers were walked.
+//! frameless leaf where only frame pointers were walked, and [`sanitize`]
+//! cuts a stack at its first address outside every executable mapping.
 
 mod alloc;
 pub mod cgo;
@@ -15,5 +16,6 @@ mod heat;
 mod kernel;
 pub mod leaf;
 pub mod loader;
+pub mod sanitize;
 pub mod table;
 pub mod worker;
