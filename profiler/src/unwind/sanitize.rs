@@ -21,7 +21,7 @@
 
 use std::borrow::Cow;
 
-use profiler_ebpf::abi::FLAG_FP_TRUNCATED;
+use profiler_ebpf::abi::{FLAG_DWARF_UNWOUND, FLAG_FP_TRUNCATED};
 
 use crate::process::{maps, MapEntry, ProcessTable};
 
@@ -29,9 +29,17 @@ use crate::process::{maps, MapEntry, ProcessTable};
 /// executable mapping of `mappings` (sorted by start): the stack is cut
 /// there.
 pub fn mapped_prefix(mappings: &[MapEntry], stack: &[u64]) -> usize {
+    // Neighbouring frames are mostly in one binary: try the last hit first.
+    let mut last: Option<&MapEntry> = None;
     stack
         .iter()
-        .position(|&addr| maps::find(mappings, addr).is_none())
+        .position(|&addr| {
+            if last.is_some_and(|m| m.contains(addr)) {
+                return false;
+            }
+            last = maps::find(mappings, addr);
+            last.is_none()
+        })
         .unwrap_or(stack.len())
 }
 
@@ -63,12 +71,19 @@ impl Sanitizer {
         let Some(p) = procs.observe(pid) else {
             return (stack, false);
         };
-        let mut keep = mapped_prefix(&p.maps, &stack);
+        // The table unwinder found every frame it recorded in the
+        // process's mappings before going on from it, except the last.
+        let from = if flags & FLAG_DWARF_UNWOUND != 0 {
+            stack.len().saturating_sub(1)
+        } else {
+            0
+        };
+        let mut keep = from + mapped_prefix(&p.maps, &stack[from..]);
         let mut refreshed = false;
         if keep < stack.len() && procs.refresh(pid) {
             refreshed = true;
             if let Some(p) = procs.get(pid) {
-                keep = mapped_prefix(&p.maps, &stack);
+                keep = from + mapped_prefix(&p.maps, &stack[from..]);
             }
         }
         let cut = keep < stack.len();
@@ -168,9 +183,18 @@ mod tests {
         let (kept, _) = s.user_stack(&mut procs, pid, Cow::Borrowed(&one), FLAG_FP_TRUNCATED);
         assert_eq!(kept.len(), 1);
         assert_eq!(s.truncated(), 2);
+        // From the table unwinder, only the last frame can be unmapped.
+        let (kept, _) = s.user_stack(
+            &mut procs,
+            pid,
+            Cow::Owned(vec![here, 8, 16]),
+            FLAG_DWARF_UNWOUND,
+        );
+        assert_eq!(&*kept, &[here, 8]);
+        assert_eq!(s.truncated(), 3);
         // A process we cannot read keeps its stack.
         let (kept, _) = s.user_stack(&mut procs, u32::MAX - 1, Cow::Borrowed(&[8, 16]), 0);
         assert_eq!(kept.len(), 2);
-        assert_eq!(s.truncated(), 2);
+        assert_eq!(s.truncated(), 3);
     }
 }
