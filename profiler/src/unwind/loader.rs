@@ -32,7 +32,11 @@
 //! runs, a daemon that sleeps loses its. The processes using an evicted
 //! table are rewritten to walk frame pointers through that binary; the
 //! table is compiled again when a process mapping it is loaded or, at most
-//! every 5 s, sampled ([`super::worker`]). A table larger than the whole
+//! every 5 s, sampled ([`super::worker`]). A binary evicted again and
+//! again waits longer each time (1, 2, 4 ... 64 s) before it is compiled
+//! again: when the tables the running processes need do not fit, that is
+//! what keeps the builder from spending a core on tables that evict each
+//! other. A table larger than the whole
 //! budget is the only one that never fits: its binary is unwound with
 //! frame pointers, with a warning.
 //!
@@ -259,6 +263,30 @@ pub struct Unwinder {
     counters: UnwindStats,
     /// The process map is full (more live processes than it holds): said once.
     warned_full: bool,
+    /// Binaries evicted lately: how often, and when last.
+    evicted: HashMap<BinaryKey, Evicted>,
+}
+
+/// A binary's recent evictions, which delay compiling it again.
+#[derive(Clone, Copy, Debug)]
+struct Evicted {
+    times: u32,
+    at: Instant,
+}
+
+/// Evictions further apart than this start the count again.
+const EVICTIONS_FORGOTTEN: Duration = Duration::from_secs(300);
+
+/// How long after its last eviction a binary evicted `times` times may be
+/// compiled again: at once after the first (the budget was needed for
+/// something new), then 1, 2, 4 ... up to 64 s. When the tables every
+/// running process needs do not fit, this is what keeps the builder from
+/// spending a core compiling tables that evict each other.
+fn rebuild_delay(times: u32) -> Duration {
+    match times {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1 << (n - 2).min(6)),
+    }
 }
 
 /// One binary's table.
@@ -320,6 +348,7 @@ impl Unwinder {
                 ..UnwindStats::default()
             },
             warned_full: false,
+            evicted: HashMap::new(),
         }
     }
 
@@ -409,8 +438,11 @@ impl Unwinder {
     }
 
     /// The mappings of `req` (indices into `req.maps`, one per binary)
-    /// whose binary's table must be compiled: never seen, or evicted.
+    /// whose binary's table must be compiled now: never seen, or evicted
+    /// (and not evicted so often lately that it must wait, see
+    /// `rebuild_delay`).
     pub fn missing(&self, req: &TableRequest) -> Vec<usize> {
+        let now = Instant::now();
         let mut seen = HashSet::new();
         req.maps
             .iter()
@@ -422,7 +454,11 @@ impl Unwinder {
                     .tables
                     .get(&key)
                     .is_none_or(|t| t.state == State::Absent);
-                (absent && seen.insert(key)).then_some(i)
+                let waits = self
+                    .evicted
+                    .get(&key)
+                    .is_some_and(|e| now < e.at + rebuild_delay(e.times));
+                (absent && !waits && seen.insert(key)).then_some(i)
             })
             .collect()
     }
@@ -652,6 +688,20 @@ impl Unwinder {
         };
         t.state = State::Absent;
         let users: Vec<u32> = t.users.iter().copied().collect();
+        let now = Instant::now();
+        if self.evicted.len() > 4096 {
+            self.evicted
+                .retain(|_, e| now.saturating_duration_since(e.at) < EVICTIONS_FORGOTTEN);
+        }
+        let e = self
+            .evicted
+            .entry(key)
+            .or_insert(Evicted { times: 0, at: now });
+        if now.saturating_duration_since(e.at) >= EVICTIONS_FORGOTTEN {
+            e.times = 0;
+        }
+        e.times += 1;
+        e.at = now;
         tracing::debug!(
             "evicting the unwind table of {} ({:.1} MiB, {} users)",
             t.name,
@@ -1010,6 +1060,25 @@ mod tests {
     }
 
     #[test]
+    fn tables_that_keep_evicting_each_other_wait_to_be_rebuilt() {
+        // Each of the two tables takes the whole array.
+        let mut s = setup(60, &[0, 50, 50]);
+        s.load(1, &[1]);
+        s.load(2, &[2]); // evicts b1 (its first eviction)
+        s.load(3, &[1]); // built at once; evicts b2
+        s.load(4, &[2]); // built at once; evicts b1 again
+        assert_eq!(s.u.stats().evictions, 3);
+        assert_eq!(s.u.stats().tables_built, 4);
+        // The third time, b1 waits a second before it is compiled again.
+        s.load(5, &[1]);
+        assert!(s.with_rows(5).is_empty());
+        assert_eq!(s.u.stats().tables_built, 4);
+        assert_eq!(s.with_rows(4), [2]);
+        assert_eq!(rebuild_delay(2), Duration::from_secs(1));
+        assert_eq!(rebuild_delay(20), Duration::from_secs(64));
+    }
+
+    #[test]
     fn exec_and_exit_release_tables() {
         let mut s = setup(100, &[0, 10, 10, 10]);
         s.load(1, &[1, 2]);
@@ -1072,7 +1141,7 @@ mod tests {
             }
         }
         let st = s.u.stats();
-        assert!(st.evictions > 100, "{st:?}");
+        assert!(st.evictions > 20, "{st:?}");
         assert!(st.reused_bytes > 0 && st.peak_bytes <= 400 * ROW_BYTES);
         assert!(st.used_bytes <= st.capacity_bytes);
     }
