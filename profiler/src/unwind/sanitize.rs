@@ -21,7 +21,7 @@
 
 use std::borrow::Cow;
 
-use profiler_ebpf::abi::{FLAG_DWARF_UNWOUND, FLAG_FP_TRUNCATED};
+use profiler_ebpf::abi::FLAG_FP_TRUNCATED;
 
 use crate::process::{maps, MapEntry, ProcessTable};
 
@@ -71,19 +71,16 @@ impl Sanitizer {
         let Some(p) = procs.observe(pid) else {
             return (stack, false);
         };
-        // The table unwinder found every frame it recorded in the
-        // process's mappings before going on from it, except the last.
-        let from = if flags & FLAG_DWARF_UNWOUND != 0 {
-            stack.len().saturating_sub(1)
-        } else {
-            0
-        };
-        let mut keep = from + mapped_prefix(&p.maps, &stack[from..]);
+        // Every frame, also the table unwinder's: it checks its frames
+        // against the mapping list it was given, which an exec makes stale
+        // until the process is loaded again (and a stale list can place
+        // the new image's code in the old image's tables).
+        let mut keep = mapped_prefix(&p.maps, &stack);
         let mut refreshed = false;
         if keep < stack.len() && procs.refresh(pid) {
             refreshed = true;
             if let Some(p) = procs.get(pid) {
-                keep = from + mapped_prefix(&p.maps, &stack[from..]);
+                keep = mapped_prefix(&p.maps, &stack);
             }
         }
         let cut = keep < stack.len();
@@ -183,14 +180,10 @@ mod tests {
         let (kept, _) = s.user_stack(&mut procs, pid, Cow::Borrowed(&one), FLAG_FP_TRUNCATED);
         assert_eq!(kept.len(), 1);
         assert_eq!(s.truncated(), 2);
-        // From the table unwinder, only the last frame can be unmapped.
-        let (kept, _) = s.user_stack(
-            &mut procs,
-            pid,
-            Cow::Owned(vec![here, 8, 16]),
-            FLAG_DWARF_UNWOUND,
-        );
-        assert_eq!(&*kept, &[here, 8]);
+        // Table-unwound stacks are checked whole too.
+        let flags = profiler_ebpf::abi::FLAG_DWARF_UNWOUND;
+        let (kept, _) = s.user_stack(&mut procs, pid, Cow::Owned(vec![here, 8, here]), flags);
+        assert_eq!(&*kept, &[here]);
         assert_eq!(s.truncated(), 3);
         // A process we cannot read keeps its stack.
         let (kept, _) = s.user_stack(&mut procs, u32::MAX - 1, Cow::Borrowed(&[8, 16]), 0);
