@@ -3,7 +3,8 @@
 //! the node agent's cost. Writes `BENCHMARKS.md`.
 //!
 //! `cargo xtask bench --agent-only [--agent-seconds N]` runs only the agent
-//! case and prints its table (BENCHMARKS.md is left alone).
+//! case and prints its table (BENCHMARKS.md is left alone);
+//! `--big-tables-only` does the same for the big unwind tables case.
 //!
 //! The machine is noisy, so comparisons run their candidates in turns within
 //! one run, and report medians over the rounds and ratios.
@@ -18,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use crate::deps::workspace_root;
 
 mod agent;
+mod bigtables;
 
 /// What one measured command cost.
 #[derive(Clone, Copy, Debug, Default)]
@@ -144,6 +146,15 @@ fn number_before(text: &str, marker: &str) -> Option<f64> {
     text[..i].split_whitespace().last()?.parse().ok()
 }
 
+/// What rprof-bpf's "unwind tables: ..." line says, or "-".
+fn unwind_tables(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("unwind tables: "))
+        .unwrap_or("-")
+        .to_owned()
+}
+
 /// Parses "BPF program cost 1.23 us per run".
 fn bpf_cost_us(text: &str) -> Option<f64> {
     let i = text.find("BPF program cost ")? + "BPF program cost ".len();
@@ -189,6 +200,13 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let mut md = String::new();
     header(&mut md, quick)?;
+    if args.iter().any(|a| a == "--big-tables-only") {
+        let done = bigtables::big_tables(&env, &mut md);
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+        done?;
+        println!("{md}");
+        return Ok(());
+    }
     if agent_only {
         agent::agent(&env, &spin, agent_secs, &mut md)?;
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
@@ -201,6 +219,7 @@ pub fn run(args: &[String]) -> Result<()> {
     accuracy(&env, if quick { 10 } else { 30 }, &mut md)?;
     symbolization(&env, quick, &mut md)?;
     unwinding(&env, &mut md)?;
+    bigtables::big_tables(&env, &mut md)?;
     agent::agent(&env, &spin, agent_secs, &mut md)?;
     if !quick {
         go_table(&env, &mut md)?;
@@ -694,11 +713,7 @@ fn unwinding(env: &Env, md: &mut String) -> Result<()> {
                 }
                 depths.push(stack.split(';').count() as f64);
             }
-            let tables = err
-                .lines()
-                .find(|l| l.starts_with("unwind tables:"))
-                .map(|l| l.trim_start_matches("unwind tables: ").to_owned())
-                .unwrap_or_else(|| "-".into());
+            let tables = unwind_tables(&err);
             writeln!(
                 md,
                 "| {name} | {mode} | {:.1}% | {:.0} | {:.2} µs | {tables} |",
