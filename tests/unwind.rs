@@ -474,10 +474,14 @@ fn big_tables_clang_compiles_reach_the_root() {
     let start = std::time::Instant::now();
     let mut warmups = 0;
     while !warm(&rec.lines()) {
+        let lines = rec.lines();
+        let too_big = lines
+            .iter()
+            .any(|l| l.contains("libLLVM.so.19") && l.contains("larger than the whole"));
         assert!(
-            start.elapsed() < std::time::Duration::from_secs(300),
+            !too_big && start.elapsed() < std::time::Duration::from_secs(300),
             "LLVM's unwind tables never went in:\n{}",
-            rec.lines().join("\n")
+            lines.join("\n")
         );
         compile().wait().unwrap();
         warmups += 1;

@@ -129,8 +129,19 @@ impl RowAllocator {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A small deterministic random source for the model tests: each call
+    /// gives a number below its argument.
+    pub(crate) fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
 
     #[test]
     fn first_fit_and_merging() {
@@ -179,13 +190,7 @@ mod tests {
         let mut a = RowAllocator::new(1000);
         let mut owned = vec![false; 1000];
         let mut live: Vec<Extent> = Vec::new();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..20_000 {
             if live.is_empty() || next(3) > 0 {
                 let len = 1 + next(120) as u32;

@@ -301,6 +301,19 @@ struct Table {
     text_bytes: u64,
 }
 
+impl Table {
+    /// A binary seen for the first time: no rows yet.
+    fn new(name: &str, now: Instant) -> Table {
+        Table {
+            name: name.to_owned(),
+            state: State::Absent,
+            users: HashSet::new(),
+            heat: Heat::new(now),
+            text_bytes: 0,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// In the array: `extent` is the header row and the rows after it.
@@ -477,13 +490,10 @@ impl Unwinder {
         took: Duration,
     ) {
         let now = Instant::now();
-        let t = self.tables.entry(key).or_insert_with(|| Table {
-            name: name.to_owned(),
-            state: State::Absent,
-            users: HashSet::new(),
-            heat: Heat::new(now),
-            text_bytes: 0,
-        });
+        let t = self
+            .tables
+            .entry(key)
+            .or_insert_with(|| Table::new(name, now));
         if t.state != State::Absent {
             return;
         }
@@ -601,13 +611,10 @@ impl Unwinder {
     /// Adds `pid` to the users of `key`'s table (creating the entry).
     /// Returns whether the table was idle.
     fn acquire(&mut self, pid: u32, key: BinaryKey, name: &str, now: Instant) -> bool {
-        let t = self.tables.entry(key).or_insert_with(|| Table {
-            name: name.to_owned(),
-            state: State::Absent,
-            users: HashSet::new(),
-            heat: Heat::new(now),
-            text_bytes: 0,
-        });
+        let t = self
+            .tables
+            .entry(key)
+            .or_insert_with(|| Table::new(name, now));
         let was_idle = t.users.is_empty();
         // Loaded at its first sample: that one counts.
         if t.users.insert(pid) {
@@ -1101,13 +1108,7 @@ mod tests {
     fn random_churn_never_exposes_another_binarys_rows() {
         let sizes: Vec<usize> = (0..24).map(|b| [0, 3, 17, 40, 90, 150][b % 6]).collect();
         let mut s = setup(400, &sizes);
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = crate::unwind::alloc::tests::xorshift(0x9e37_79b9_7f4a_7c15);
         let mut live: Vec<u32> = Vec::new();
         for step in 0..3000u32 {
             match next(4) {
