@@ -169,8 +169,13 @@ impl Resp {
 
 /// A minimal HTTP/1.1 GET with `Connection: close`.
 fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
+    http_get_within(port, path, headers, Duration::from_secs(60))
+}
+
+/// [`http_get`], waiting at most `timeout` for each read.
+fn http_get_within(port: u16, path: &str, headers: &[(&str, &str)], timeout: Duration) -> Resp {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the agent");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -245,6 +250,46 @@ fn spin(exe: &Path, seconds: u32) -> Target {
     let mut c = Command::new(exe);
     c.arg(seconds.to_string());
     Target::start(c)
+}
+
+/// The agent unwinds with `.eh_frame` tables by default: binaries without
+/// frame pointers (a C callback through libc's qsort, a Rust release
+/// build) reach their thread's root when pulled by pid.
+#[test]
+fn pull_gives_whole_stacks_without_frame_pointers() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let qsort = dir.path().join("qsort");
+    build_c("qsort.c", &qsort, &["-O2", "-g", "-fomit-frame-pointer"]);
+    let rust = build_rustspin();
+    let agent = Agent::start(&[]);
+    for (exe, chain) in [
+        (&qsort, &["sort_rounds", "main"][..]),
+        (&rust, &["rustspin::drive", "rustspin::main"][..]),
+    ] {
+        let t = Target::spawn(exe, &["8"]);
+        // Give the table worker a moment: until the process's tables are
+        // in, its stacks are walked with frame pointers.
+        std::thread::sleep(Duration::from_secs(1));
+        let p = agent
+            .get(&format!("/debug/pprof/profile?pid={}&seconds=3", t.pid()))
+            .profile();
+        let (root, whole) = (root_share(&p), chain_share(&p, chain));
+        eprintln!(
+            "{}: {} samples, {:.1}% reach the root, {:.1}% have {chain:?}",
+            exe.display(),
+            total(&p, 0),
+            root * 100.0,
+            whole * 100.0
+        );
+        assert!(total(&p, 0) >= 50, "{} samples", total(&p, 0));
+        assert!(root >= 0.98, "{}: {root:.3} reach the root", exe.display());
+        assert!(
+            whole >= 0.98,
+            "{}: {whole:.3} have {chain:?}",
+            exe.display()
+        );
+    }
 }
 
 #[test]
@@ -869,6 +914,57 @@ fn push_to_pyroscope_ingest_with_retries() {
     assert!(m["rprof_agent_push_success_total"] >= 2.0);
     assert_eq!(m["rprof_agent_push_failures_total"], 0.0);
     agent.stop();
+}
+
+/// Quick requests never wait for slow work: neither for ingest registering
+/// thousands of short-lived processes (its `/proc` reads and file opens
+/// happen with no lock held) nor for a whole-node profile symbolizing
+/// every stack (on the symbolizer thread, which only copies out of the
+/// window under its lock). The bound is loose on purpose, so that only a
+/// real stall (a request queued behind seconds of work) fails it; the
+/// node profile's own time shows what such a stall would have cost.
+#[test]
+fn requests_do_not_wait_on_churn_or_symbolization() {
+    let _lock = capture_lock();
+    let agent = Agent::start(&[]);
+    let mut churn = Command::new("sh")
+        .args(["-c", "for i in $(seq 3000); do /bin/true; done"])
+        .spawn()
+        .unwrap();
+    let port = agent.port;
+    let node = std::thread::spawn(move || {
+        let t = Instant::now();
+        // A debug build symbolizing a busy node can take minutes.
+        let r = http_get_within(
+            port,
+            "/debug/pprof/profile?seconds=2",
+            &[],
+            Duration::from_secs(600),
+        );
+        (r.status, t.elapsed())
+    });
+    let (mut worst, mut asked) = (Duration::ZERO, 0);
+    while !node.is_finished() || churn.try_wait().unwrap().is_none() {
+        for path in ["/healthz", "/debug/pprof/"] {
+            let t = Instant::now();
+            let r = agent.get(path);
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            worst = worst.max(t.elapsed());
+            asked += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(churn.wait().unwrap().success());
+    let (status, node_time) = node.join().unwrap();
+    assert_eq!(status, 200);
+    eprintln!(
+        "{asked} quick requests during churn and a node profile of {node_time:?}: slowest {worst:?}"
+    );
+    assert!(asked >= 10, "{asked} requests");
+    assert!(
+        worst < Duration::from_secs(2),
+        "a request waited {worst:?} (the node profile took {node_time:?})"
+    );
 }
 
 #[test]

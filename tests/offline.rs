@@ -3,55 +3,17 @@
 
 mod harness;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use harness::kernel::*;
 use harness::*;
-use rprof_bpf::pprof::Profile;
-
-/// (function, file, line) of every line of a location, innermost first.
-type Lines = Vec<(String, String, i64)>;
-
-/// Symbolized lines per file offset for the mapping whose file name ends
-/// with `name`.
-fn lines_by_offset(p: &Profile, name: &str) -> HashMap<u64, Lines> {
-    let m = p
-        .mapping
-        .iter()
-        .find(|m| p.str(m.filename).ends_with(name))
-        .unwrap_or_else(|| panic!("no mapping for {name}"));
-    p.location
-        .iter()
-        .filter(|l| l.mapping_id == m.id && !l.line.is_empty())
-        .map(|l| {
-            let lines = l
-                .line
-                .iter()
-                .map(|ln| {
-                    let f = p.function.iter().find(|f| f.id == ln.function_id).unwrap();
-                    (
-                        p.str(f.name).to_owned(),
-                        p.str(f.filename).to_owned(),
-                        ln.line,
-                    )
-                })
-                .collect();
-            (l.address - m.memory_start + m.file_offset, lines)
-        })
-        .collect()
-}
 
 fn symbolize(args: &[&str]) -> std::process::Output {
     let o = rprof().arg("symbolize").args(args).output().unwrap();
     assert_ok(&o);
     o
-}
-
-fn gnu_build_id(path: &Path) -> String {
-    rprof_bpf::process::buildid::read(&std::fs::read(path).unwrap())
-        .gnu
-        .expect("a GNU build ID")
 }
 
 fn run_and_capture(exe: &Path, arg: &str, seconds: &str, out: &Path, extra: &[&str]) {
@@ -112,31 +74,7 @@ fn split_debug_info_matches_live_symbolization() {
 
     let live = load(&live);
     let sym = load(&sym);
-    let a = lines_by_offset(&live, "/inline");
-    let b = lines_by_offset(&sym, "/inline");
-    let common: Vec<&u64> = a.keys().filter(|k| b.contains_key(k)).collect();
-    assert!(!common.is_empty());
-    for k in &common {
-        assert_eq!(a[k], b[k], "offset {k:#x}");
-    }
-    let names = |m: &HashMap<u64, Lines>| -> BTreeSet<String> {
-        m.values().flatten().map(|l| l.0.clone()).collect()
-    };
-    assert_eq!(names(&a), names(&b));
-    assert!(names(&b).is_superset(&["step", "run", "main"].map(String::from).into()));
-    // The inlined frame comes first, then the function it is inlined into,
-    // with file and line from DWARF.
-    assert!(b.values().any(|l| l.len() >= 2
-        && l[0].0 == "step"
-        && l[1].0 == "run"
-        && l[0].1.ends_with("inline.c")
-        && l[0].2 > 0));
-    let m = sym
-        .mapping
-        .iter()
-        .find(|m| sym.str(m.filename).ends_with("/inline"))
-        .unwrap();
-    assert!(m.has_functions && m.has_inline_frames && m.has_line_numbers);
+    assert_inline_fixture_named_as_live(&live, &sym);
 
     // Idempotent: symbolizing the result again changes nothing.
     let again = dir.path().join("again.pb.gz");
@@ -388,219 +326,8 @@ fn stripped_go_binary_symbolized_from_a_copy_matches_live() {
     assert!(flat_share(&sym, "main.mix") > 0.5);
 }
 
-/// A text symbol of the running kernel image (modules and BPF left out).
-struct KernelSym {
-    addr: u64,
-    /// kallsyms type letter: `t` local, `T` global, `w`/`W` weak.
-    kind: u8,
-    name: String,
-}
-
-/// The running kernel's own text symbols, by address (aliases keep their
-/// kallsyms order).
-fn kernel_text_symbols() -> Vec<KernelSym> {
-    let text = std::fs::read_to_string("/proc/kallsyms").unwrap();
-    let mut syms: Vec<KernelSym> = text
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // A fourth field is `[module]`: not part of vmlinux.
-            let [addr, kind, name] = f[..] else {
-                return None;
-            };
-            let addr = u64::from_str_radix(addr, 16).ok()?;
-            let kind = kind.as_bytes()[0];
-            (addr != 0 && b"tTwW".contains(&kind)).then(|| KernelSym {
-                addr,
-                kind,
-                name: name.to_owned(),
-            })
-        })
-        .collect();
-    syms.sort_by_key(|s| s.addr);
-    assert!(syms.len() > 10_000, "kallsyms hides addresses?");
-    syms
-}
-
 fn symbol_addr(syms: &[KernelSym], name: &str) -> u64 {
     syms.iter().find(|s| s.name == name).unwrap().addr
-}
-
-/// The running kernel's GNU build ID as bytes.
-fn kernel_build_id() -> Vec<u8> {
-    let hex = rprof_bpf::symbolize::kernel::build_id().expect("a kernel build ID");
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-/// Writes a vmlinux as the kernel build would, minus code and DWARF: an
-/// x86-64 `ET_EXEC` whose `.text` spans the kernel's text at link-time
-/// addresses (runtime minus `slide`), a `.symtab` holding every kernel text
-/// symbol there (functions sized up to the next symbol, locals first as ELF
-/// requires), and a `.notes` section and `PT_NOTE` with the GNU build ID.
-fn write_vmlinux(path: &Path, syms: &[KernelSym], build_id: &[u8], slide: u64) {
-    use object::elf;
-    use object::write::elf::{FileHeader, ProgramHeader, SectionHeader, Sym, Writer};
-
-    let link = |a: u64| a - slide;
-    let text_start = link(syms[0].addr) & !0xfff;
-    let text_end = link(syms[syms.len() - 1].addr) + 0x1000;
-    let text_len = (text_end - text_start) as usize;
-    // Sizes: up to the next symbol at a higher address.
-    let sizes: Vec<u64> = (0..syms.len())
-        .map(|i| {
-            let next = syms[i..].iter().find(|s| s.addr > syms[i].addr);
-            next.map_or(16, |n| n.addr - syms[i].addr)
-        })
-        .collect();
-    let mut order: Vec<usize> = (0..syms.len()).collect();
-    order.sort_by_key(|&i| syms[i].kind != b't');
-    let locals = syms.iter().filter(|s| s.kind == b't').count() as u32;
-    let mut note = Vec::new();
-    for w in [4u32, build_id.len() as u32, elf::NT_GNU_BUILD_ID] {
-        note.extend_from_slice(&w.to_le_bytes());
-    }
-    note.extend_from_slice(b"GNU\0");
-    note.extend_from_slice(build_id);
-    note.resize(note.len().div_ceil(4) * 4, 0);
-
-    let mut out = Vec::new();
-    let mut w = Writer::new(object::Endianness::Little, true, &mut out);
-    w.reserve_file_header();
-    w.reserve_program_headers(2);
-    let text_off = w.reserve(text_len, 0x1000);
-    let note_off = w.reserve(note.len(), 4);
-    w.reserve_null_section_index();
-    let text_name = w.add_section_name(b".text");
-    let text_idx = w.reserve_section_index();
-    let note_name = w.add_section_name(b".notes");
-    w.reserve_section_index();
-    let names: Vec<_> = order
-        .iter()
-        .map(|&i| {
-            w.reserve_symbol_index(Some(text_idx));
-            w.add_string(syms[i].name.as_bytes())
-        })
-        .collect();
-    w.reserve_symtab_section_index();
-    w.reserve_symtab();
-    w.reserve_strtab_section_index();
-    w.reserve_strtab();
-    w.reserve_shstrtab_section_index();
-    w.reserve_shstrtab();
-    w.reserve_section_headers();
-
-    w.write_file_header(&FileHeader {
-        os_abi: elf::ELFOSABI_NONE,
-        abi_version: 0,
-        e_type: elf::ET_EXEC,
-        e_machine: elf::EM_X86_64,
-        e_entry: text_start,
-        e_flags: 0,
-    })
-    .unwrap();
-    w.write_align_program_headers();
-    w.write_program_header(&ProgramHeader {
-        p_type: elf::PT_LOAD,
-        p_flags: elf::PF_R | elf::PF_X,
-        p_offset: text_off as u64,
-        p_vaddr: text_start,
-        p_paddr: text_start,
-        p_filesz: text_len as u64,
-        p_memsz: text_len as u64,
-        p_align: 0x1000,
-    });
-    w.write_program_header(&ProgramHeader {
-        p_type: elf::PT_NOTE,
-        p_flags: elf::PF_R,
-        p_offset: note_off as u64,
-        p_vaddr: 0,
-        p_paddr: 0,
-        p_filesz: note.len() as u64,
-        p_memsz: note.len() as u64,
-        p_align: 4,
-    });
-    w.pad_until(text_off);
-    w.write(&vec![0xcc; text_len]); // int3, as padding between functions
-    w.pad_until(note_off);
-    w.write(&note);
-    w.write_null_symbol();
-    for (&i, &name) in order.iter().zip(&names) {
-        let bind = match syms[i].kind {
-            b't' => elf::STB_LOCAL,
-            b'T' => elf::STB_GLOBAL,
-            _ => elf::STB_WEAK,
-        };
-        w.write_symbol(&Sym {
-            name: Some(name),
-            section: Some(text_idx),
-            st_info: (bind << 4) | elf::STT_FUNC,
-            st_other: elf::STV_DEFAULT,
-            st_shndx: 0,
-            st_value: link(syms[i].addr),
-            st_size: sizes[i],
-        });
-    }
-    w.write_strtab();
-    w.write_shstrtab();
-    w.write_null_section_header();
-    w.write_section_header(&SectionHeader {
-        name: Some(text_name),
-        sh_type: elf::SHT_PROGBITS,
-        sh_flags: u64::from(elf::SHF_ALLOC | elf::SHF_EXECINSTR),
-        sh_addr: text_start,
-        sh_offset: text_off as u64,
-        sh_size: text_len as u64,
-        sh_link: 0,
-        sh_info: 0,
-        sh_addralign: 0x1000,
-        sh_entsize: 0,
-    });
-    w.write_section_header(&SectionHeader {
-        name: Some(note_name),
-        sh_type: elf::SHT_NOTE,
-        sh_flags: 0,
-        sh_addr: 0,
-        sh_offset: note_off as u64,
-        sh_size: note.len() as u64,
-        sh_link: 0,
-        sh_info: 0,
-        sh_addralign: 4,
-        sh_entsize: 0,
-    });
-    w.write_symtab_section_header(1 + locals);
-    w.write_strtab_section_header();
-    w.write_shstrtab_section_header();
-    assert_eq!(w.reserved_len(), w.len());
-    std::fs::write(path, out).unwrap();
-}
-
-/// Function name of each kernel location, keyed by (address, is it some
-/// sample's leaf); unnamed locations map to `None`.
-fn kernel_names(p: &Profile) -> HashMap<(u64, bool), Option<String>> {
-    let k = p
-        .mapping
-        .iter()
-        .find(|m| p.str(m.filename) == "[kernel.kallsyms]")
-        .expect("a kernel mapping");
-    let leaves: BTreeSet<u64> = p
-        .sample
-        .iter()
-        .filter_map(|s| s.location_id.first().copied())
-        .collect();
-    p.location
-        .iter()
-        .filter(|l| l.mapping_id == k.id)
-        .map(|l| {
-            let name = l.line.first().map(|ln| {
-                let f = p.function.iter().find(|f| f.id == ln.function_id).unwrap();
-                p.str(f.name).to_owned()
-            });
-            ((l.address, leaves.contains(&l.id)), name)
-        })
-        .collect()
 }
 
 /// All names kallsyms gives the function containing `addr` (aliases share

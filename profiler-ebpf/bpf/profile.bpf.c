@@ -4,16 +4,16 @@
  *
  * Attached to one perf event per online CPU (cpu-clock or cycles). Each time
  * the event fires it decides whether the current task is wanted, then writes
- * one struct rprof_sample into the ring buffer with the user stack and
- * optionally the kernel stack (bpf_get_stack).
+ * one struct rprof_sample into the ring buffer: the user stack, unwound with
+ * the .eh_frame tables user space loaded for the process (falling back to
+ * frame pointers where no table covers the code, or bpf_get_stack's
+ * frame-pointer walk for processes without tables), optionally the kernel
+ * stack, and the process's start time.
  *
- * User stacks of processes user space gave unwind tables are walked here
- * with those tables (compiled from .eh_frame, see abi.h), with frame
- * pointers where no table covers the code; other processes' user stacks
- * are frame-pointer walks by bpf_get_stack. Two task_struct fields are read
- * through CO-RE relocations (the process start time); the loader resolves
- * them against the kernel's BTF. Needs bpf_loop and bpf_task_pt_regs:
- * Linux 5.17 or later.
+ * The start time is read from task_struct through CO-RE relocations, which
+ * the loader resolves against the running kernel's BTF; the user registers
+ * come from the uapi pt_regs layout, which is ABI. Needs bpf_loop and
+ * bpf_task_pt_regs: Linux 5.17 or later.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>

@@ -125,8 +125,9 @@ pub fn pprof(data: &[u8]) {
     let _ = report::write_flamegraph_with(&profile, "fuzz", &plain, &mut Vec::new());
 
     let mut locator = Locator::new(Vec::new(), Vec::new());
-    let (out, _reports) = OFFLINE_SYMBOLIZER
-        .with_borrow_mut(|symbolizer| symbolize_profile(profile, &mut locator, symbolizer, None));
+    let (out, _reports) = OFFLINE_SYMBOLIZER.with_borrow_mut(|symbolizer| {
+        symbolize_profile(profile, &mut locator, symbolizer, None, None)
+    });
     let bytes = out.encode_to_vec();
     assert!(
         bytes.is_empty() || pprof::decode(&bytes).is_ok(),

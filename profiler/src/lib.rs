@@ -3,27 +3,28 @@
 //! The crate is laid out as its pipeline:
 //!
 //! 1. [`capture`]: load the BPF program, attach it to perf events on every
-//!    CPU, drain the ring buffer;
-//! 2. [`aggregate`]: fold raw samples into counted stacks;
-//! 3. [`process`]: what `/proc` says about a process (maps, binaries, names);
-//! 4. [`normalize`]: runtime addresses → (binary, file offset, build ID);
-//! 5. [`symbolize`]: file offsets and kernel addresses → functions and lines;
-//! 6. [`encode`]: counted, symbolized stacks → a pprof [`pprof::Profile`];
+//!    CPU, hand typed samples to a sink;
+//! 2. [`engine`]: ingest (process identity, leaf fix-up, unwind-table
+//!    requests) → store (totals or a rolling window) → resolve (normalize
+//!    and symbolize) → encode (pprof);
+//! 3. [`process`]: what `/proc` says about a process (maps, binaries,
+//!    names, container);
+//! 4. [`symbolize`]: file offsets and kernel addresses → functions and lines;
+//! 5. [`unwind`]: `.eh_frame` → the BPF unwinder's tables;
+//! 6. [`pprof`]: the profile format, read and written;
 //! 7. [`report`]: read any pprof file back as a top table, flame graph or
 //!    collapsed stacks;
 //! 8. [`offline`]: symbolize a raw profile later, elsewhere, by build ID.
 //!
-//! [`record`] runs stages 1–6 for the command line; [`agent`] runs them
-//! continuously for a whole node.
+//! The front ends are thin: [`record`] for the command line, [`agent`] for
+//! a whole node, continuously.
 
 pub mod agent;
-pub mod aggregate;
 pub mod capture;
-pub mod encode;
+pub mod engine;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod logging;
-pub mod normalize;
 pub mod offline;
 pub mod pprof;
 pub mod preflight;

@@ -51,6 +51,11 @@ struct RecordArgs {
     /// Write addresses, mappings and build IDs only; name frames later.
     #[arg(long)]
     no_symbolize: bool,
+    /// Fetch debug files by build ID from debuginfod servers, after the
+    /// capture, for binaries with no debug info on this machine. With no
+    /// URL, the servers in DEBUGINFOD_URLS. Repeatable.
+    #[arg(long, value_name = "URL", num_args = 0..=1, conflicts_with = "no_symbolize")]
+    debuginfod: Option<Vec<String>>,
     /// Output file.
     #[arg(short, long, default_value = "cpu.pb.gz")]
     output: PathBuf,
@@ -92,34 +97,46 @@ fn main() -> ExitCode {
         _ => rprof_bpf::logging::LogFormat::Text,
     };
     rprof_bpf::logging::init(log_format, tracing::Level::INFO);
-    match cli.command {
-        Some(Command::Report(args)) => match rprof_bpf::report::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("rprof-bpf: {e:#}");
-                ExitCode::from(1)
-            }
-        },
-        Some(Command::Symbolize(args)) => match rprof_bpf::offline::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("rprof-bpf: error: {e:#}");
-                ExitCode::from(1)
-            }
-        },
-        Some(Command::Agent(args)) => match rprof_bpf::agent::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("rprof-bpf: error: {e:#}");
-                let usage = e.is::<rprof_bpf::agent::UsageError>();
-                ExitCode::from(if usage { 2 } else { 1 })
-            }
-        },
+    let result = match cli.command {
+        Some(Command::Report(args)) => rprof_bpf::report::run(&args),
+        Some(Command::Symbolize(args)) => rprof_bpf::offline::run(&args),
+        Some(Command::Agent(args)) => rprof_bpf::agent::run(&args),
         None => record_main(cli.record),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rprof-bpf: error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
     }
 }
 
-fn record_main(a: RecordArgs) -> ExitCode {
+/// The one mapping from errors to exit codes: 2 for usage errors (a bad
+/// flag, an unknown pid, an unwritable output, a bad server URL), 1 for
+/// everything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(r) = e.downcast_ref::<RecordError>() {
+        return r.exit_code();
+    }
+    let usage = e.is::<rprof_bpf::agent::UsageError>()
+        || e.is::<rprof_bpf::symbolize::debuginfod::ConfigError>();
+    if usage {
+        2
+    } else {
+        1
+    }
+}
+
+fn record_main(a: RecordArgs) -> anyhow::Result<()> {
+    use rprof_bpf::symbolize::debuginfod;
+    let debuginfod = match a.debuginfod.as_deref() {
+        Some(urls) => Some(debuginfod::Config::for_flag(
+            urls,
+            &debuginfod::process_env,
+        )?),
+        None => None,
+    };
     let opts = RecordOptions {
         pids: a.pid,
         seconds: a.seconds,
@@ -127,6 +144,7 @@ fn record_main(a: RecordArgs) -> ExitCode {
         event: a.event,
         user_only: a.user_only,
         no_symbolize: a.no_symbolize,
+        debuginfod,
         output: a.output,
         quiet: a.quiet,
         ring_bytes: a
@@ -141,32 +159,25 @@ fn record_main(a: RecordArgs) -> ExitCode {
         }),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    match record::run(&opts) {
-        Ok(s) => {
-            eprintln!(
-                "rprof-bpf: {} samples, {} lost, {}{} process{} -> {} ({})",
-                s.samples,
-                s.lost,
-                rprof_bpf::unwind::sanitize::summary(s.truncated_stacks),
-                s.processes,
-                if s.processes == 1 { "" } else { "es" },
-                opts.output.display(),
-                human_size(s.bytes)
-            );
-            if let Some(ns) = s.bpf_ns_per_run {
-                eprintln!("rprof-bpf: BPF program cost {:.2} us per run", ns / 1000.0);
-            }
-            ExitCode::SUCCESS
-        }
-        Err(RecordError::Usage(m)) => {
-            eprintln!("rprof-bpf: error: {m}");
-            ExitCode::from(2)
-        }
-        Err(RecordError::Runtime(m)) => {
-            eprintln!("rprof-bpf: error: {m}");
-            ExitCode::from(1)
-        }
+    let s = record::run(&opts)?;
+    let truncated = if s.truncated > 0 {
+        format!(", {} stacks truncated", s.truncated)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "rprof-bpf: {} samples, {} lost, {} process{}{truncated} -> {} ({})",
+        s.samples,
+        s.lost,
+        s.processes,
+        if s.processes == 1 { "" } else { "es" },
+        opts.output.display(),
+        human_size(s.bytes)
+    );
+    if let Some(ns) = s.bpf_ns_per_run {
+        eprintln!("rprof-bpf: BPF program cost {:.2} us per run", ns / 1000.0);
     }
+    Ok(())
 }
 
 fn human_size(n: usize) -> String {

@@ -4,15 +4,19 @@
 //! The same code paths as live mode do the naming; this module only finds
 //! the files and rewrites the profile's locations. Kernel frames are named
 //! from a vmlinux (KASLR slide taken off, build ID checked) and, for what
-//! it does not cover, from a kallsyms copy.
+//! it does not cover, from a kallsyms copy. Mappings that local files
+//! leave without debug info, and the kernel when no `--vmlinux` is given,
+//! are looked up on debuginfod servers when some are configured.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::encode::{line, MappingFlags, KERNEL_MAPPING};
+use crate::engine::encode::{line, MappingFlags, KERNEL_MAPPING};
+use crate::engine::resolve::lookup_pc;
 use crate::pprof::{self, Line, Mapping, Profile, ProfileBuilder};
+use crate::symbolize::debuginfod::{self, Config, ConfigError, Debuginfod, Lookup};
 use crate::symbolize::elf::ElfSymbolizer;
 use crate::symbolize::kernel::Kallsyms;
 use crate::symbolize::locate::{Found, Locator};
@@ -41,6 +45,33 @@ pub struct SymbolizeArgs {
     /// frames; used only if its build ID matches the profile's kernel.
     #[arg(long, value_name = "FILE")]
     pub vmlinux: Option<PathBuf>,
+    /// A debuginfod server (http:// or https://) to fetch debug files from
+    /// by build ID, for what local files leave unnamed. Repeatable, tried in
+    /// order; replaces DEBUGINFOD_URLS, which is used otherwise.
+    #[arg(long = "debuginfod", value_name = "URL")]
+    pub debuginfod: Vec<String>,
+    /// Ask no debuginfod server, even with DEBUGINFOD_URLS set.
+    #[arg(long, conflicts_with = "debuginfod")]
+    pub no_debuginfod: bool,
+}
+
+impl SymbolizeArgs {
+    /// The debuginfod client the arguments and environment ask for; a bad
+    /// server URL is a usage error.
+    pub fn debuginfod(&self) -> Result<Option<Debuginfod>, ConfigError> {
+        if self.no_debuginfod {
+            return Ok(None);
+        }
+        let config = if self.debuginfod.is_empty() {
+            Config::from_env(&debuginfod::process_env)?
+        } else {
+            Some(Config::from_urls(
+                &self.debuginfod,
+                &debuginfod::process_env,
+            )?)
+        };
+        Ok(config.map(Debuginfod::new))
+    }
 }
 
 /// What happened to one mapping.
@@ -61,6 +92,7 @@ pub struct MappingReport {
 
 /// Runs the command: read, symbolize, write atomically, print a summary.
 pub fn run(args: &SymbolizeArgs) -> Result<()> {
+    let debuginfod = args.debuginfod()?;
     let profile = pprof::read_file(&args.input)?;
     let kallsyms = match &args.kallsyms {
         Some(p) => {
@@ -75,8 +107,13 @@ pub fn run(args: &SymbolizeArgs) -> Result<()> {
     let mut locator = Locator::new(args.debug_dirs.clone(), args.binary_dirs.clone());
     let mut symbolizer =
         Symbolizer::with_parts(ElfSymbolizer::with_debug_dirs(&args.debug_dirs), kallsyms);
-    let (profile, reports) =
-        symbolize_profile(profile, &mut locator, &mut symbolizer, vmlinux.as_ref());
+    let (profile, reports) = symbolize_profile(
+        profile,
+        &mut locator,
+        &mut symbolizer,
+        vmlinux.as_ref(),
+        debuginfod.as_ref(),
+    );
     pprof::write_file_atomic(&args.output, &pprof::encode_gzip(&profile))
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     for r in &reports {
@@ -147,6 +184,7 @@ pub fn symbolize_profile(
     locator: &mut Locator,
     symbolizer: &mut Symbolizer,
     vmlinux: Option<&Vmlinux>,
+    debuginfod: Option<&Debuginfod>,
 ) -> (Profile, Vec<MappingReport>) {
     let leaves = leaf_locations(&profile);
     let mut by_mapping: HashMap<u64, Vec<usize>> = HashMap::new();
@@ -157,6 +195,13 @@ pub fn symbolize_profile(
     let mut b = ProfileBuilder::from_profile(profile);
     let mut reports = Vec::new();
     let mappings = b.profile().mapping.clone();
+    let mut sources = find_files(
+        b.profile(),
+        locator,
+        symbolizer,
+        vmlinux.is_some(),
+        debuginfod,
+    );
     for m in &mappings {
         let filename = b.profile().str(m.filename).to_owned();
         let build_id = b.profile().str(m.build_id).to_owned();
@@ -183,22 +228,41 @@ pub fn symbolize_profile(
             .iter()
             .map(|&i| {
                 let l = &b.profile().location[i];
-                let leaf = leaves.contains(&l.id);
-                (
-                    i,
-                    if leaf {
-                        l.address
-                    } else {
-                        l.address.saturating_sub(1)
-                    },
-                )
+                (i, lookup_pc(l.address, leaves.contains(&l.id)))
             })
             .collect();
+        let source = sources.remove(&m.id).unwrap_or_default();
+        let fetched = source.remote.as_ref().and_then(|l| l.found.as_ref());
+        let remote_problems = source.remote.as_ref().and_then(Lookup::explain);
         let frames: Vec<Vec<Frame>> = if filename == KERNEL_MAPPING {
             let addrs: Vec<u64> = lookups.iter().map(|&(_, a)| a).collect();
-            kernel_frames(m, &build_id, &addrs, vmlinux, symbolizer, &mut report)
+            let opened = fetched.map(|f| (Vmlinux::open(&f.path), f.how()));
+            let image = match (vmlinux, &opened) {
+                (Some(v), _) => Some((v, "--vmlinux".to_owned())),
+                (None, Some((Ok(v), how))) => Some((v, how.clone())),
+                (None, Some((Err(e), _))) => {
+                    report.notes.push(format!("debuginfod: {e:#}"));
+                    None
+                }
+                (None, None) => None,
+            };
+            report.notes.extend(remote_problems);
+            kernel_frames(m, &build_id, &addrs, image, symbolizer, &mut report)
         } else {
-            report.found = locator.find(&build_id, &filename);
+            report.found = match (fetched, source.local) {
+                (Some(f), local) => {
+                    if let Some(l) = local {
+                        let has = format!("{} has no debug info", l.path.display());
+                        report.notes.push(has);
+                    }
+                    Some(Found {
+                        path: f.path.clone(),
+                        how: f.how(),
+                    })
+                }
+                (None, local) => local,
+            };
+            report.notes.extend(remote_problems);
             let file = report
                 .found
                 .as_ref()
@@ -237,25 +301,76 @@ pub fn symbolize_profile(
     (b.finish(), reports)
 }
 
+/// Where the files of a mapping may come from: the local search, and what
+/// debuginfod said when it was asked.
+#[derive(Default)]
+struct Sources {
+    local: Option<Found>,
+    remote: Option<Lookup>,
+}
+
+/// Finds the files of every mapping not symbolized yet: locally first;
+/// then, in one batch so that downloads run side by side, on debuginfod
+/// for those that local files leave without debug info (none found, or
+/// one without DWARF) and for the kernel when there is no `--vmlinux`.
+fn find_files(
+    profile: &Profile,
+    locator: &mut Locator,
+    symbolizer: &mut Symbolizer,
+    have_vmlinux: bool,
+    debuginfod: Option<&Debuginfod>,
+) -> HashMap<u64, Sources> {
+    let mut out = HashMap::new();
+    let mut ask: Vec<(u64, String)> = Vec::new();
+    for m in profile.mapping.iter().filter(|m| !m.has_functions) {
+        let filename = profile.str(m.filename);
+        let build_id = profile.str(m.build_id);
+        let mut source = Sources::default();
+        let wanted = if filename == KERNEL_MAPPING {
+            !have_vmlinux
+        } else {
+            source.local = locator.find(build_id, filename);
+            match source.local.as_ref().map(|f| SymbolFile::open(&f.path)) {
+                Some(Ok(file)) => symbolizer.wants_debug_file(&file).is_some(),
+                Some(Err(_)) | None => true,
+            }
+        };
+        if wanted && debuginfod.is_some() && debuginfod::is_gnu_build_id(build_id) {
+            ask.push((m.id, build_id.to_ascii_lowercase()));
+        }
+        out.insert(m.id, source);
+    }
+    if let Some(d) = debuginfod {
+        let ids: Vec<String> = ask.iter().map(|(_, id)| id.clone()).collect();
+        for ((mapping, _), lookup) in ask.iter().zip(d.find_all(&ids)) {
+            if let Some(s) = out.get_mut(mapping) {
+                s.remote = Some(lookup);
+            }
+        }
+    }
+    out
+}
+
 /// Names kernel addresses (return addresses already moved into their call):
-/// from the vmlinux for those inside the recorded kernel text, if its build
-/// ID matches; from kallsyms for the rest (modules, BPF, or everything when
-/// there is no usable vmlinux). Unnamed addresses get no frames.
+/// from the kernel image (`--vmlinux`, or one from debuginfod, with where it
+/// came from) for those inside the recorded kernel text, if its build ID
+/// matches; from kallsyms for the rest (modules, BPF, or everything when
+/// there is no usable image). Unnamed addresses get no frames.
 fn kernel_frames(
     m: &Mapping,
     build_id: &str,
     addrs: &[u64],
-    vmlinux: Option<&Vmlinux>,
+    vmlinux: Option<(&Vmlinux, String)>,
     symbolizer: &mut Symbolizer,
     report: &mut MappingReport,
 ) -> Vec<Vec<Frame>> {
     let mut frames = vec![Vec::new(); addrs.len()];
-    if let Some(v) = vmlinux {
+    if let Some((v, how)) = vmlinux {
         match v.slide_for(m, build_id) {
             Ok(slide) => {
                 report.found = Some(Found {
                     path: v.file.path.clone(),
-                    how: "--vmlinux",
+                    how,
                 });
                 report
                     .notes

@@ -1,24 +1,31 @@
-//! `rprof-bpf --pid P --seconds N -o FILE`: the whole pipeline for the
-//! command line. Checks first, then capture, then normalize, symbolize,
-//! encode and write.
+//! `rprof-bpf --pid P --seconds N -o FILE`: the recorder, a thin front end
+//! over the engine. It checks what can be checked, captures into a
+//! [`Totals`] store until the deadline, a signal or the targets' exit,
+//! then resolves, encodes and writes the file atomically.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::process::events::ProcEvent;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use profiler_ebpf::abi::Sample;
+use tokio::signal::unix::{signal, SignalKind};
 
-use crate::aggregate::Aggregate;
-use crate::capture::{Capture, CaptureConfig, Event, StopReason, Unwind};
-use crate::encode::{self, Meta};
+use crate::capture::{
+    Capture, CaptureConfig, CaptureError, CaptureStats, Event, Sink, StopReason, Unwind,
+};
+use crate::engine::encode::{self, Header, LabelPolicy, ReadyStack};
+use crate::engine::ingest::{CgroupLabeler, Ingest};
+use crate::engine::resolve::{Pending, ResolveLimits, Resolver};
+use crate::engine::store::totals::Totals;
+use crate::engine::Engine;
 use crate::pprof;
 use crate::preflight::{self, PreflightError};
-use crate::process::exits::ExitWatch;
-use crate::process::ProcessTable;
-use crate::symbolize::Symbolizer;
-use crate::unwind::leaf::LeafFixer;
+use crate::symbolize::debuginfod::Debuginfod;
+use crate::symbolize::kernel::Kallsyms;
+use crate::unwind::loader::UnwindStats;
 use crate::unwind::worker::TableWorker;
 
 /// Everything `record` needs from the command line.
@@ -30,6 +37,8 @@ pub struct RecordOptions {
     pub event: Event,
     pub user_only: bool,
     pub no_symbolize: bool,
+    /// Debuginfod servers for binaries without debug info here (opt-in).
+    pub debuginfod: Option<crate::symbolize::debuginfod::Config>,
     pub output: PathBuf,
     pub quiet: bool,
     pub ring_bytes: u32,
@@ -39,22 +48,38 @@ pub struct RecordOptions {
     pub command: String,
 }
 
-/// Why recording failed, split by exit code.
+/// Why recording failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    /// Bad input: exit code 2.
+    /// Bad input (exit code 2).
     #[error("{0}")]
     Usage(String),
-    /// Anything else: exit code 1.
+    /// What this machine or our privileges lack.
     #[error("{0}")]
-    Runtime(String),
+    Environment(String),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot write {}: {message}", path.display())]
+    Write { path: PathBuf, message: String },
+}
+
+impl RecordError {
+    /// The process exit code: 2 for usage errors, 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RecordError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 impl From<PreflightError> for RecordError {
     fn from(e: PreflightError) -> Self {
         match e {
             PreflightError::Usage(m) => RecordError::Usage(m),
-            PreflightError::Environment(m) => RecordError::Runtime(m),
+            PreflightError::Environment(m) => RecordError::Environment(m),
         }
     }
 }
@@ -65,13 +90,13 @@ pub struct Summary {
     pub samples: u64,
     pub lost: u64,
     pub processes: usize,
+    /// Stacks cut at an address in no executable mapping.
+    pub truncated: u64,
     pub bytes: usize,
     pub stop: StopReason,
     /// Mean BPF program run time per invocation in ns, when the kernel's
     /// BPF statistics are on.
     pub bpf_ns_per_run: Option<f64>,
-    /// User stacks cut at a garbage return address.
-    pub truncated_stacks: u64,
 }
 
 /// Runs the pipeline end to end.
@@ -86,7 +111,7 @@ pub fn run(opts: &RecordOptions) -> Result<Summary, RecordError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| RecordError::Runtime(format!("cannot start the async runtime: {e}")))?;
+        .map_err(RecordError::Runtime)?;
     rt.block_on(record(opts))
 }
 
@@ -99,84 +124,199 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         ring_bytes: opts.ring_bytes,
         unwind: opts.unwind,
         unwind_rows: opts.unwind_rows,
+        process_events: true,
     };
-    let mut live = Live::new();
+    let mut ingest = Ingest::new(Box::new(CgroupLabeler));
+    if !opts.pids.is_empty() {
+        ingest.track_only(&opts.pids);
+    }
     // Snapshot the targets before the first sample: a process that exits
     // early still gets its binaries opened.
     for &pid in &opts.pids {
-        live.observe(pid);
+        ingest.prewarm(pid);
     }
-    let runtime = |e: crate::capture::CaptureError| RecordError::Runtime(e.to_string());
-    let mut capture = Capture::load(config).map_err(runtime)?;
+    let mut capture = Capture::load(config)?;
     if let Some(mut u) = capture.take_unwinder() {
         // The targets' tables go in before the first sample; later
         // processes get theirs from the worker thread.
-        for p in opts.pids.iter().filter_map(|&pid| live.procs.get(pid)) {
+        for p in opts.pids.iter().filter_map(|&pid| ingest.snapshot(pid)) {
             if let Err(e) = u.load_process(p) {
-                eprintln!("warning: {e}");
+                tracing::warn!("{e}");
             }
         }
         match TableWorker::start(u) {
-            Ok(w) => live.unwinder = Some(w),
-            Err(e) => eprintln!("warning: cannot start the unwind table thread ({e}); new processes are unwound with frame pointers"),
+            Ok(w) => ingest.set_tables(w),
+            Err(e) => tracing::warn!(
+                "cannot start the unwind table thread ({e}); new processes are unwound with frame pointers"
+            ),
         }
     }
-    capture.attach().map_err(runtime)?;
+    // Installed before sampling starts: from here on Ctrl-C stops the
+    // capture and still writes the profile.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(CaptureError::Ring)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(CaptureError::Ring)?;
+    capture.attach()?;
     let started = Instant::now();
     let start_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
 
-    let target = if opts.pids.is_empty() {
-        "all processes".to_owned()
-    } else {
-        let list: Vec<String> = opts.pids.iter().map(u32::to_string).collect();
-        format!("pid {}", list.join(","))
-    };
     eprintln!(
-        "Profiling {target} for {}s at {} Hz on {} (Ctrl-C to stop early)",
+        "Profiling {} for {}s at {} Hz on {} (Ctrl-C to stop early)",
+        describe_targets(&opts.pids),
         opts.seconds,
         opts.frequency,
         capture.event.name()
     );
-    let bar = progress_bar(opts.seconds, opts.quiet);
-
     let total = Duration::from_secs(opts.seconds);
-    // Both callbacks need the state; they never run at the same time.
-    let live = RefCell::new(live);
-    let stop = capture
-        .run(
-            total,
-            |s| live.borrow_mut().add(s),
-            |stats| {
-                // The ring was drained just before: every sample of a
-                // process that has exited is in, so it can be retired.
-                live.borrow_mut().retire_exited();
-                let elapsed = started.elapsed().min(total);
-                bar.set_position(elapsed.as_millis() as u64);
-                bar.set_message(format!("{} samples", stats.samples));
-            },
-        )
-        .await
-        .map_err(|e| RecordError::Runtime(e.to_string()))?;
-    bar.finish_and_clear();
-    let Live {
-        procs,
-        agg,
-        unwinder,
-        sanitizer,
-        ..
-    } = live.into_inner();
+    let mut sink = RecorderSink {
+        engine: Engine::new(ingest, Totals::new()),
+        targets: opts.pids.clone(),
+        bar: progress_bar(opts.seconds, opts.quiet),
+        started,
+        total,
+    };
+    let deadline = tokio::time::Instant::now() + total;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => StopReason::Deadline,
+            _ = sigint.recv() => StopReason::Signal("SIGINT"),
+            _ = sigterm.recv() => StopReason::Signal("SIGTERM"),
+        }
+    };
+    let stop = capture.run_until(stop, &mut sink).await?;
+    sink.bar.finish_and_clear();
     let stats = capture.stats();
     let event = capture.event;
-    let unwind_stats = unwinder.and_then(TableWorker::finish);
-    if let (Some(st), false) = (unwind_stats, opts.quiet) {
-        eprintln!("unwind tables: {st}");
-    }
     let duration = started.elapsed();
     // Detaches everything before the (possibly long) symbolization.
     drop(capture);
+    let Engine { mut ingest, store } = sink.engine;
+    let unwind_stats = ingest.take_tables().and_then(TableWorker::finish);
+    if let (Some(st), false) = (unwind_stats, opts.quiet) {
+        print_unwind_stats(&st);
+    }
+    report_stop(stop, duration, stats.lost);
 
+    let truncated = ingest.stats().truncated_stacks;
+    let header = Header {
+        event,
+        frequency: opts.frequency,
+        start_unix_nanos: start_unix,
+        duration_nanos: duration.as_nanos() as i64,
+        command: opts.command.clone(),
+        lost: stats.lost,
+        truncated,
+        bpf_run_ns: stats.bpf_run_ns,
+        bpf_run_cnt: stats.bpf_run_cnt,
+    };
+    let symbolize = !opts.no_symbolize;
+    let kallsyms = (symbolize && !opts.user_only)
+        .then(Kallsyms::load)
+        .flatten();
+    let debuginfod = opts.debuginfod.clone().map(Debuginfod::new);
+    let ready = resolve_all(&store, symbolize, debuginfod);
+    let refs: Vec<&ReadyStack> = ready.iter().collect();
+    let profile = encode::build(&refs, &header, kallsyms.as_ref(), LabelPolicy::Process);
+    let bytes = write_output(&profile, &opts.output)?;
+    if !opts.quiet && OutputKind::of(&opts.output) == OutputKind::Pprof {
+        match crate::report::top_table(&profile, 10) {
+            Ok(table) => eprint!("{table}"),
+            Err(e) => eprintln!("(no summary table: {e})"),
+        }
+    }
+
+    Ok(Summary {
+        samples: store.samples(),
+        lost: stats.lost,
+        processes: store.processes(),
+        truncated,
+        bytes,
+        stop,
+        bpf_ns_per_run: (stats.bpf_run_cnt > 0)
+            .then(|| stats.bpf_run_ns as f64 / stats.bpf_run_cnt as f64),
+    })
+}
+
+/// The recorder's sink: the engine, a progress bar, and the end of the
+/// targets.
+struct RecorderSink {
+    engine: Engine<Totals>,
+    targets: Vec<u32>,
+    bar: ProgressBar,
+    started: Instant,
+    total: Duration,
+}
+
+impl Sink for RecorderSink {
+    fn sample(&mut self, s: &Sample) {
+        self.engine.add(s);
+    }
+
+    fn event(&mut self, e: &ProcEvent) {
+        self.engine.event(e);
+    }
+
+    fn tick(&mut self, stats: &CaptureStats) -> ControlFlow<StopReason> {
+        let _ = self.engine.tick(stats);
+        let elapsed = self.started.elapsed().min(self.total);
+        self.bar.set_position(elapsed.as_millis() as u64);
+        self.bar.set_message(format!("{} samples", stats.samples));
+        let all_gone =
+            !self.targets.is_empty() && self.targets.iter().all(|&p| !crate::process::is_alive(p));
+        if all_gone {
+            ControlFlow::Break(StopReason::TargetsExited)
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
+/// Every stack of the capture, named (or with mappings only).
+fn resolve_all(store: &Totals, symbolize: bool, debuginfod: Option<Debuginfod>) -> Vec<ReadyStack> {
+    let mut resolver =
+        Resolver::new(ResolveLimits::unbounded(symbolize)).with_debuginfod(debuginfod);
+    let entries: Vec<_> = store.stacks().iter().map(|(_, e)| e).collect();
+    let empty: crate::engine::normalize::UserMaps = Arc::from(Vec::new());
+    let pending: Vec<Pending<'_>> = entries
+        .iter()
+        .map(|e| {
+            let maps = e.user_maps().unwrap_or(&empty);
+            Pending {
+                addrs: &e.key.user[..maps.len()],
+                maps,
+            }
+        })
+        .collect();
+    let resolved = resolver.resolve(&pending);
+    entries
+        .into_iter()
+        .zip(resolved)
+        .map(|(e, user)| ReadyStack {
+            key: e.key.clone(),
+            meta: e.meta.clone(),
+            thread: e.thread.clone(),
+            user,
+            samples: e.samples,
+            weight: e.weight,
+        })
+        .collect()
+}
+
+fn describe_targets(pids: &[u32]) -> String {
+    if pids.is_empty() {
+        return "all processes".to_owned();
+    }
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    format!("pid {}", list.join(","))
+}
+
+fn print_unwind_stats(st: &UnwindStats) {
+    eprintln!("unwind tables: {st}");
+}
+
+/// Says why the capture ended early, and what it lost.
+fn report_stop(stop: StopReason, duration: Duration, lost: u64) {
     match stop {
         StopReason::Deadline => {}
         StopReason::Signal(sig) => eprintln!(
@@ -188,43 +328,11 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
             duration.as_secs_f64()
         ),
     }
-    if stats.lost > 0 {
-        eprintln!(
-            "warning: {} samples were lost because the ring buffer was full; try a larger --ring-size or a lower --frequency",
-            stats.lost
+    if lost > 0 {
+        tracing::warn!(
+            "{lost} samples were lost because the ring buffer was full; try a larger --ring-size or a lower --frequency"
         );
     }
-
-    let meta = Meta {
-        event,
-        frequency: opts.frequency,
-        start_unix_nanos: start_unix,
-        duration_nanos: duration.as_nanos() as i64,
-        command: opts.command.clone(),
-        lost: stats.lost,
-        bpf_run_ns: stats.bpf_run_ns,
-        bpf_run_cnt: stats.bpf_run_cnt,
-    };
-    let mut symbolizer = (!opts.no_symbolize).then(|| Symbolizer::new(!opts.user_only));
-    let profile = encode::build(&agg, &procs, symbolizer.as_mut(), &meta);
-    let bytes = write_output(&profile, &opts.output)?;
-    if !opts.quiet && OutputKind::of(&opts.output) == OutputKind::Pprof {
-        match crate::report::top_table(&profile, 10) {
-            Ok(table) => eprint!("{table}"),
-            Err(e) => eprintln!("(no summary table: {e})"),
-        }
-    }
-
-    Ok(Summary {
-        samples: agg.samples(),
-        lost: stats.lost,
-        processes: agg.pids().len(),
-        bytes,
-        stop,
-        bpf_ns_per_run: (stats.bpf_run_cnt > 0)
-            .then(|| stats.bpf_run_ns as f64 / stats.bpf_run_cnt as f64),
-        truncated_stacks: sanitizer.truncated(),
-    })
 }
 
 /// The ring buffer size that holds half a second of samples from every CPU
@@ -246,96 +354,6 @@ pub fn ring_bytes_for(frequency: u64, millis: u64) -> u32 {
     want.clamp(256 << 10, 64 << 20)
         .next_power_of_two()
         .min(64 << 20) as u32
-}
-
-/// What the capture builds up as samples arrive.
-struct Live {
-    procs: ProcessTable,
-    agg: Aggregate,
-    leaf: LeafFixer,
-    unwinder: Option<TableWorker>,
-    sanitizer: crate::unwind::sanitize::Sanitizer,
-    exits: ExitWatch,
-    /// The start time of the process behind each pid, from its samples.
-    starts: HashMap<u32, u64>,
-}
-
-impl Live {
-    fn new() -> Live {
-        Live {
-            procs: ProcessTable::new(),
-            agg: Aggregate::new(),
-            leaf: LeafFixer::new(),
-            unwinder: None,
-            sanitizer: Default::default(),
-            exits: ExitWatch::new(),
-            starts: HashMap::new(),
-        }
-    }
-
-    /// Snapshots a process on first sight and watches it for exit. False
-    /// if it is already gone.
-    fn observe(&mut self, pid: u32) -> bool {
-        if self.procs.get(pid).is_some() {
-            return true;
-        }
-        if self.procs.observe(pid).is_none() {
-            return false;
-        }
-        self.exits.watch(pid);
-        true
-    }
-
-    fn add(&mut self, s: &Sample) {
-        // Another start time under a known pid: the pid was reused, and
-        // this sample is the new process's first.
-        let known = self.starts.insert(s.pid, s.start_ns);
-        if known.is_some_and(|t| t != s.start_ns) {
-            self.retire(s.pid);
-        }
-        if self.procs.get(s.pid).is_none() && self.observe(s.pid) {
-            self.load_tables(s.pid);
-        }
-        let user = self
-            .leaf
-            .user_stack(&mut self.procs, s.pid, s.user_stack(), s.user_sp_word);
-        let (user, refreshed) = self
-            .sanitizer
-            .user_stack(&mut self.procs, s.pid, user, s.flags);
-        if refreshed {
-            self.load_tables(s.pid);
-        }
-        self.agg.add(s, &user);
-        if let Some(u) = &mut self.unwinder {
-            u.touch(s.pid);
-        }
-    }
-
-    /// Files exited processes away from their pids, so that a new process
-    /// reusing one is never merged with them, and frees their unwind state.
-    fn retire_exited(&mut self) {
-        for pid in self.exits.take_exited() {
-            self.retire(pid);
-        }
-    }
-
-    /// Moves a process that is gone out of the way of its pid's next user.
-    fn retire(&mut self, pid: u32) {
-        if let Some(alias) = self.procs.retire(pid) {
-            self.agg.rekey(pid, alias);
-        }
-        self.exits.forget(pid);
-        if let Some(u) = &self.unwinder {
-            u.remove(pid);
-        }
-    }
-
-    /// Queues a process's unwind tables.
-    fn load_tables(&mut self, pid: u32) {
-        if let (Some(u), Some(p)) = (&self.unwinder, self.procs.get(pid)) {
-            u.load(p);
-        }
-    }
 }
 
 /// What `-o` asks for, by its extension.
@@ -362,25 +380,26 @@ impl OutputKind {
 /// Writes the profile in the form the output's extension asks for,
 /// atomically. Returns the size written.
 fn write_output(profile: &pprof::Profile, path: &std::path::Path) -> Result<usize, RecordError> {
-    let runtime = |e: String| RecordError::Runtime(format!("cannot write {}: {e}", path.display()));
+    let fail = |message: String| RecordError::Write {
+        path: path.to_owned(),
+        message,
+    };
     let bytes = match OutputKind::of(path) {
         OutputKind::Pprof => pprof::encode_gzip(profile),
         OutputKind::FlameGraph => {
             let mut out = Vec::new();
-            let title =
-                crate::report::default_title(profile).map_err(|e| runtime(e.to_string()))?;
+            let title = crate::report::default_title(profile).map_err(|e| fail(e.to_string()))?;
             crate::report::write_flamegraph(profile, &title, &mut out)
-                .map_err(|e| runtime(e.to_string()))?;
+                .map_err(|e| fail(e.to_string()))?;
             out
         }
         OutputKind::Collapsed => {
             let mut out = Vec::new();
-            crate::report::write_collapsed(profile, &mut out)
-                .map_err(|e| runtime(e.to_string()))?;
+            crate::report::write_collapsed(profile, &mut out).map_err(|e| fail(e.to_string()))?;
             out
         }
     };
-    pprof::write_file_atomic(path, &bytes).map_err(|e| runtime(e.to_string()))?;
+    pprof::write_file_atomic(path, &bytes).map_err(|e| fail(e.to_string()))?;
     Ok(bytes.len())
 }
 

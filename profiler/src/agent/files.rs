@@ -80,8 +80,8 @@ impl FileSink {
         let len = bytes.len() as u64;
         if len > self.max_bytes {
             Counters::inc(&self.counters.file_errors);
-            eprintln!(
-                "rprof-bpf agent: a profile of pid {pid} ({len} bytes) is larger than --max-disk ({} bytes); not written",
+            tracing::warn!(
+                "a profile of pid {pid} ({len} bytes) is larger than --max-disk ({} bytes); not written",
                 self.max_bytes
             );
             return;
@@ -103,10 +103,7 @@ impl FileSink {
             }
             Err(e) => {
                 Counters::inc(&self.counters.file_errors);
-                eprintln!(
-                    "rprof-bpf agent: cannot write {}: {e}",
-                    self.dir.join(&name).display()
-                );
+                tracing::warn!("cannot write {}: {e}", self.dir.join(&name).display());
             }
         }
     }
@@ -129,7 +126,7 @@ impl FileSink {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     Counters::inc(&self.counters.file_errors);
-                    eprintln!("rprof-bpf agent: cannot delete {name}: {e}");
+                    tracing::warn!("cannot delete {name}: {e}");
                 }
             }
         }

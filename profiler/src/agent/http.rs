@@ -24,9 +24,12 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::{watch, Semaphore};
 
 use super::metrics::{self, Counters};
-use super::profile;
-use super::window::{mono_now, mono_to_unix_ns, start_ticks, Filter, ProcRow};
-use super::{lock, Shared};
+use super::shared::Shared;
+use crate::capture::clock::{mono_now, mono_to_unix_ns};
+use crate::engine::encode::{self, Header, LabelPolicy, ReadyStack};
+use crate::engine::identity::lock;
+use crate::engine::store::window::{Filter, ProcRow};
+use crate::process::start_ticks;
 
 /// Longest profile a request may ask for, and the default.
 pub const MAX_SECONDS: u64 = 300;
@@ -143,7 +146,7 @@ pub async fn serve(
                 Ok(c) => c,
                 Err(e) => {
                     // Out of fds or similar: back off instead of spinning.
-                    eprintln!("rprof-bpf agent: accept failed: {e}");
+                    tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -277,7 +280,14 @@ async fn profile_handler(
             (Filter::Container(id.clone()), format!("container={id}"))
         }
         Target::Pod { namespace, name } => {
-            if lock(&s.window).find_pod(namespace, name).is_none() {
+            let known = lock(&s.window).find_pod(namespace, name).is_some();
+            let (kube, ns, n) = (s.kube.clone(), namespace.clone(), name.clone());
+            // The kubelet's directories are read off the async threads.
+            let found = known
+                || tokio::task::spawn_blocking(move || lock(&kube).pod_uid(&ns, &n).is_some())
+                    .await
+                    .unwrap_or(false);
+            if !found {
                 return not_found(format!("no pod {namespace}/{name} on this node"));
             }
             (
@@ -310,21 +320,25 @@ async fn profile_handler(
     let t1 = t0 + q.seconds * 1_000_000_000;
     tokio::time::sleep(Duration::from_secs(q.seconds)).await;
     s.wait_drained(t1).await;
-    let header = profile::Header {
+    let header = Header {
         event: s.event,
         frequency: s.frequency,
-        start_unix_ns: start_ns,
-        duration_ns: (t1 - t0) as i64,
-        description: format!("{what} seconds={}", q.seconds),
+        start_unix_nanos: start_ns,
+        duration_nanos: (t1 - t0) as i64,
+        command: format!("agent {what} seconds={}", q.seconds),
         lost: s.lost().saturating_sub(lost0),
+        truncated: 0,
+        bpf_run_ns: 0,
+        bpf_run_cnt: 0,
     };
     let s2 = s.clone();
     let job = s
         .sym
         .run(move |sym| {
-            s2.with_ready(sym, &filter, t0, t1, |ready, procs, kernel| {
-                let stacks: Vec<&profile::ReadyStack> = ready.iter().collect();
-                crate::pprof::encode_gzip(&profile::build(&stacks, procs, kernel, &header))
+            s2.with_ready(sym, &filter, t0, t1, |ready, kernel| {
+                let stacks: Vec<&ReadyStack> = ready.iter().collect();
+                let p = encode::build(&stacks, &header, kernel, LabelPolicy::Node);
+                crate::pprof::encode_gzip(&p)
             })
         })
         .await;
@@ -386,7 +400,7 @@ fn escape(s: &str) -> String {
 
 /// The index page: every process in the window, busiest first.
 async fn index(State(s): State<Arc<Shared>>) -> Html<String> {
-    let rows: Vec<ProcRow> = lock(&s.window).rows(Duration::from_secs(10));
+    let rows: Vec<ProcRow> = lock(&s.window).rows(mono_now(), Duration::from_secs(10));
     let mut h = String::with_capacity(4096 + rows.len() * 256);
     h.push_str(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>rprof-bpf agent</title>\
@@ -407,11 +421,12 @@ async fn index(State(s): State<Arc<Shared>>) -> Html<String> {
     h.push_str("<table>\n<tr><th>pid</th><th>comm</th><th>container</th><th>pod</th><th>samples/s (10 s)</th><th>profile</th></tr>\n");
     for r in live {
         let m = &r.meta;
-        let container = m.labels.container_id.get(..12).unwrap_or("");
-        let pod = if m.labels.pod.is_empty() {
+        let labels = m.labels();
+        let container = labels.container_id.get(..12).unwrap_or("");
+        let pod = if labels.pod.is_empty() {
             String::new()
         } else {
-            format!("{}/{}", m.labels.namespace, m.labels.pod)
+            format!("{}/{}", labels.namespace, labels.pod)
         };
         let pod_cell = if pod.is_empty() {
             String::new()
@@ -425,10 +440,10 @@ async fn index(State(s): State<Arc<Shared>>) -> Html<String> {
         let container_cell = if container.is_empty() {
             String::new()
         } else {
-            let name = if m.labels.container.is_empty() {
+            let name = if labels.container.is_empty() {
                 container.to_owned()
             } else {
-                format!("{} ({container})", m.labels.container)
+                format!("{} ({container})", labels.container)
             };
             format!(
                 "<a href=\"/debug/pprof/profile?container={container}&amp;seconds=30\">{}</a>",
@@ -438,7 +453,7 @@ async fn index(State(s): State<Arc<Shared>>) -> Html<String> {
         h.push_str(&format!(
             "<tr><td>{pid}</td><td>{comm}</td><td>{container_cell}</td><td>{pod_cell}</td><td>{rate:.1}</td>\
              <td><a href=\"/debug/pprof/profile?pid={pid}&amp;seconds=30\">30 s</a></td></tr>\n",
-            pid = m.pid,
+            pid = m.pid(),
             comm = escape(&m.comm),
             rate = r.samples_per_sec,
         ));

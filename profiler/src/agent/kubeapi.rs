@@ -415,7 +415,7 @@ pub async fn refresher(
         let ok = match api.list().await {
             Ok(idx) => {
                 if failures > 0 {
-                    eprintln!("rprof-bpf agent: the Kubernetes API answers again");
+                    tracing::info!("the Kubernetes API answers again");
                 }
                 failures = 0;
                 api.install(idx);
@@ -424,12 +424,13 @@ pub async fn refresher(
             Err(e) => {
                 Counters::inc(&api.counters.kube_api_failures);
                 if failures == 0 {
-                    eprintln!(
-                        "rprof-bpf agent: cannot list the pods of node {} at {}: {e}; \
+                    tracing::warn!(
+                        "cannot list the pods of node {} at {}: {e}; \
                          pod labels the kubelet's directories do not give stay missing \
                          until it answers (retried; failures counted in \
                          rprof_agent_kube_api_failures_total)",
-                        api.cfg.node, api.cfg.base
+                        api.cfg.node,
+                        api.cfg.base
                     );
                 }
                 failures = failures.saturating_add(1);

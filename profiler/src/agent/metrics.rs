@@ -43,6 +43,14 @@ pub struct Counters {
     pub kube_api_failures: AtomicU64,
     /// Pods in the last list (a gauge, set by its owner).
     pub kube_api_pods: AtomicU64,
+    /// Stacks cut at a return address in no executable mapping.
+    pub truncated_stacks: AtomicU64,
+    /// Set by the capture loop at every tick: samples read and lost so
+    /// far, running processes tracked, binaries open.
+    capture_samples: AtomicU64,
+    capture_lost: AtomicU64,
+    pub live_processes_gauge: AtomicU64,
+    pub open_binaries_gauge: AtomicU64,
 }
 
 impl Counters {
@@ -53,6 +61,28 @@ impl Counters {
 
     fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+
+    /// The capture's own counters, as of its last tick.
+    pub fn set_capture(&self, samples: u64, lost: u64) {
+        self.capture_samples.store(samples, Ordering::Relaxed);
+        self.capture_lost.store(lost, Ordering::Relaxed);
+    }
+
+    pub fn samples(&self) -> u64 {
+        Self::get(&self.capture_samples)
+    }
+
+    pub fn lost(&self) -> u64 {
+        Self::get(&self.capture_lost)
+    }
+
+    pub fn live_processes(&self) -> u64 {
+        Self::get(&self.live_processes_gauge)
+    }
+
+    pub fn open_binaries(&self) -> u64 {
+        Self::get(&self.open_binaries_gauge)
     }
 }
 
@@ -124,8 +154,14 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
     ctr(
         &mut o,
         "rprof_agent_processes_exited_total",
-        "Tracked processes that exited (symbolized, then freed).",
+        "Tracked processes that exited (their stacks keep their mappings until they age out).",
         &c.processes_exited,
+    );
+    ctr(
+        &mut o,
+        "rprof_agent_truncated_stacks_total",
+        "Stacks cut at a return address in no executable mapping (a frame-pointer walk through code without frame pointers).",
+        &c.truncated_stacks,
     );
     metric(
         &mut o,

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use super::metrics::Counters;
-use super::window::ProcMeta;
+use crate::engine::identity::ProcMeta;
 
 /// Where the application name of a pushed profile comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -166,23 +166,20 @@ impl Pusher {
                     return;
                 }
                 Err(Failure::Permanent(why)) => {
-                    eprintln!("rprof-bpf agent: push of {} rejected: {why}", item.name);
+                    tracing::warn!("push of {} rejected: {why}", item.name);
                     break;
                 }
                 Err(Failure::Retry(why)) if attempt < ATTEMPTS => {
                     Counters::inc(&self.counters.push_retries);
                     if attempt == 1 {
-                        eprintln!(
-                            "rprof-bpf agent: push of {} failed ({why}); retrying",
-                            item.name
-                        );
+                        tracing::warn!("push of {} failed ({why}); retrying", item.name);
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(Failure::Retry(why)) => {
-                    eprintln!(
-                        "rprof-bpf agent: giving up on {} after {ATTEMPTS} attempts: {why}",
+                    tracing::warn!(
+                        "giving up on {} after {ATTEMPTS} attempts: {why}",
                         item.name
                     );
                 }
@@ -264,7 +261,7 @@ pub fn app_name(metas: &[&ProcMeta], per: PushPer, from: AppNameFrom, node: &str
     let Some(first) = metas.first() else {
         return "unknown{}".into();
     };
-    let l = &first.labels;
+    let l = first.labels();
     let app = match from {
         AppNameFrom::Pod if !l.pod.is_empty() => format!("{}/{}", l.namespace, l.pod),
         AppNameFrom::Pod | AppNameFrom::Exe => first.exe_name().to_owned(),
@@ -275,7 +272,7 @@ pub fn app_name(metas: &[&ProcMeta], per: PushPer, from: AppNameFrom, node: &str
         labels.push(("node", node.to_owned()));
     }
     if per == PushPer::Process || l.container_id.is_empty() {
-        labels.push(("pid", first.pid.to_string()));
+        labels.push(("pid", first.pid().to_string()));
         labels.push(("process", first.comm.clone()));
         labels.push(("exe", first.exe_name().to_owned()));
     }
@@ -318,17 +315,14 @@ fn clean(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::agent::labels::Labels;
+    use crate::engine::identity::ProcKey;
 
     fn meta(comm: &str, exe: &str, labels: Labels) -> ProcMeta {
-        ProcMeta {
-            id: 1,
+        let key = ProcKey {
             pid: 42,
-            start_ticks: 1,
             start_ns: 1,
-            comm: comm.into(),
-            exe: exe.into(),
-            labels,
-        }
+        };
+        ProcMeta::new(key, 1, comm.into(), exe.into(), labels)
     }
 
     #[test]

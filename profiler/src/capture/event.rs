@@ -59,8 +59,8 @@ pub fn attach_all(
         match attach(prog, used) {
             Ok(_) => {}
             Err(e) if i == 0 && used == Event::Cycles => {
-                eprintln!(
-                    "warning: the cycles event is unavailable here ({}); sampling on cpu-clock instead",
+                tracing::warn!(
+                    "the cycles event is unavailable here ({}); sampling on cpu-clock instead",
                     super::root_cause(&e)
                 );
                 used = Event::CpuClock;

@@ -1,10 +1,12 @@
 //! Capture: load the BPF program, attach it to a perf event on every CPU and
 //! drain its ring buffer.
 //!
-//! The public surface is [`Capture::start`], which does everything that can
-//! fail up front, and [`Capture::run`], which drains samples until a
-//! deadline, a signal, or the exit of every target.
+//! The public surface is [`Capture::start`] (or [`Capture::load`] then
+//! [`Capture::attach`]), which does everything that can fail up front, and
+//! [`Capture::run_until`], which hands typed samples to a [`Sink`] until
+//! the front end's stop condition.
 
+pub mod clock;
 mod event;
 
 pub use event::Event;
@@ -18,10 +20,11 @@ use aya::{Ebpf, EbpfLoader};
 use profiler_ebpf::abi::{self, Sample};
 use tokio::io::unix::AsyncFd;
 
+use crate::process::events::{ProcEvent, ProcEvents};
 use crate::unwind::loader::Unwinder;
+use std::ops::ControlFlow;
 use tokio::io::Interest;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
+use tokio::time::{interval, MissedTickBehavior};
 
 /// What to capture.
 #[derive(Clone, Debug)]
@@ -40,6 +43,9 @@ pub struct CaptureConfig {
     pub unwind: Unwind,
     /// Capacity of the shared unwind-row array (16 bytes a row).
     pub unwind_rows: u32,
+    /// Follow the kernel's process events (fork, exec, mmap, exit), so
+    /// that every process's mappings are known with the time they applied.
+    pub process_events: bool,
 }
 
 /// How user stacks are unwound in the kernel.
@@ -93,7 +99,7 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Why [`Capture::run`] returned.
+/// Why [`Capture::run_until`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// The requested duration elapsed.
@@ -104,6 +110,25 @@ pub enum StopReason {
     TargetsExited,
 }
 
+/// Where a capture hands its samples: the engine, wrapped by a front end.
+pub trait Sink {
+    /// One sample, as read from the ring buffer.
+    fn sample(&mut self, s: &Sample);
+
+    /// One of the kernel's process events (fork, exec, mmap, exit), each
+    /// before the samples read with it.
+    fn event(&mut self, e: &ProcEvent) {
+        let _ = e;
+    }
+
+    /// A few times a second, right after the ring was drained, and once
+    /// more after the capture stopped. `Break` stops the capture.
+    fn tick(&mut self, stats: &CaptureStats) -> ControlFlow<StopReason> {
+        let _ = stats;
+        ControlFlow::Continue(())
+    }
+}
+
 /// Counters the capture keeps.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CaptureStats {
@@ -111,6 +136,8 @@ pub struct CaptureStats {
     pub samples: u64,
     /// Samples the kernel side could not queue (ring buffer full).
     pub lost: u64,
+    /// Process events the kernel could not queue.
+    pub lost_events: u64,
     /// Total time the BPF program ran and how often, when the kernel keeps
     /// these statistics (`sysctl kernel.bpf_stats_enabled=1`); else zero.
     pub bpf_run_ns: u64,
@@ -125,6 +152,11 @@ pub struct Capture {
     /// The unwind maps, until [`Capture::take_unwinder`] hands them out.
     unwinder: Option<Unwinder>,
     ring: AsyncFd<RingBuf<MapData>>,
+    /// The kernel's process events, when available.
+    events: Option<ProcEvents>,
+    /// Samples of one drain, held while the process events up to them are
+    /// handed over first.
+    batch: Vec<Sample>,
     /// The event actually in use (cycles may have fallen back to cpu-clock).
     pub event: Event,
     config: CaptureConfig,
@@ -216,10 +248,13 @@ impl Capture {
         prog.load()
             .map_err(|e| CaptureError::Load(root_cause(&e)))?;
 
+        let events = config.process_events.then(open_events).flatten();
         Ok(Capture {
             bpf,
             unwinder,
             ring,
+            events,
+            batch: Vec::new(),
             event: config.event,
             config,
             stats: CaptureStats::default(),
@@ -247,38 +282,15 @@ impl Capture {
         self.unwinder.take()
     }
 
-    /// Drains samples into `on_sample` until `duration` has passed, SIGINT or
-    /// SIGTERM arrives, or every target has exited. `on_tick` is called a
-    /// few times a second with the running counters, for progress display.
-    pub async fn run(
-        &mut self,
-        duration: Duration,
-        on_sample: impl FnMut(&Sample),
-        on_tick: impl FnMut(&CaptureStats),
-    ) -> Result<StopReason, CaptureError> {
-        let deadline = Instant::now() + duration;
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let stop = async move {
-            tokio::select! {
-                _ = sleep_until(deadline) => StopReason::Deadline,
-                _ = sigint.recv() => StopReason::Signal("SIGINT"),
-                _ = sigterm.recv() => StopReason::Signal("SIGTERM"),
-            }
-        };
-        self.run_until(stop, on_sample, on_tick).await
-    }
-
-    /// Drains samples into `on_sample` until `stop` completes (its output is
-    /// the returned reason) or every target has exited. The node agent uses
-    /// this to capture indefinitely and stop on its own shutdown signal.
-    /// `on_tick` is called a few times a second with the running counters,
-    /// lost samples included.
+    /// Drains samples into `sink` until `stop` completes (its output is
+    /// the returned reason) or the sink's tick asks to stop. The sink's
+    /// tick runs a few times a second, right after a drain, with the
+    /// running counters (lost samples included). Signal handling is the
+    /// front end's: it goes into `stop`.
     pub async fn run_until(
         &mut self,
         stop: impl std::future::Future<Output = StopReason>,
-        mut on_sample: impl FnMut(&Sample),
-        mut on_tick: impl FnMut(&CaptureStats),
+        sink: &mut impl Sink,
     ) -> Result<StopReason, CaptureError> {
         let mut tick = interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -288,19 +300,17 @@ impl Capture {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard?;
-                    drain(guard.get_inner_mut(), &mut self.stats, &mut on_sample);
+                    take(guard.get_inner_mut(), &mut self.batch);
                     guard.clear_ready();
+                    self.hand_over(sink);
                 }
                 _ = tick.tick() => {
                     // Records are queued without waking us (see wakeup_bytes
                     // in the BPF program), so the tick is what reads them.
-                    drain(self.ring.get_mut(), &mut self.stats, &mut on_sample);
+                    self.drain(sink);
                     self.stats.lost = self.read_lost();
-                    on_tick(&self.stats);
-                    if !self.config.pids.is_empty()
-                        && self.config.pids.iter().all(|&p| !crate::process::is_alive(p))
-                    {
-                        break StopReason::TargetsExited;
+                    if let ControlFlow::Break(r) = sink.tick(&self.stats) {
+                        break r;
                     }
                 }
                 r = &mut stop => break r,
@@ -308,10 +318,32 @@ impl Capture {
         };
         (self.stats.bpf_run_ns, self.stats.bpf_run_cnt) = self.read_run_stats();
         self.detach();
-        drain(self.ring.get_mut(), &mut self.stats, &mut on_sample);
+        self.drain(sink);
         self.stats.lost = self.read_lost();
-        on_tick(&self.stats);
+        // The last tick: what was drained after the stop is in.
+        let _ = sink.tick(&self.stats);
         Ok(reason)
+    }
+
+    /// Reads the ring, then hands everything to the sink.
+    fn drain(&mut self, sink: &mut impl Sink) {
+        take(self.ring.get_mut(), &mut self.batch);
+        self.hand_over(sink);
+    }
+
+    /// Hands the sink the process events first, then the samples taken:
+    /// every event a sample depends on (the mmap of the code it ran) was
+    /// queued before the sample was, so reading the events after the
+    /// samples and handing them over first leaves none behind.
+    fn hand_over(&mut self, sink: &mut impl Sink) {
+        if let Some(ev) = &mut self.events {
+            ev.drain(|e| sink.event(e));
+            self.stats.lost_events = ev.lost();
+        }
+        for s in self.batch.drain(..) {
+            self.stats.samples += 1;
+            sink.sample(&s);
+        }
     }
 
     /// Final counters.
@@ -367,18 +399,30 @@ impl Capture {
     }
 }
 
-/// Reads every record currently in the ring.
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    stats: &mut CaptureStats,
-    on_sample: &mut impl FnMut(&Sample),
-) {
+/// Takes every record now in the ring into `batch`.
+fn take(ring: &mut RingBuf<MapData>, batch: &mut Vec<Sample>) {
     while let Some(item) = ring.next() {
         if let Some(s) = Sample::from_bytes(&item) {
-            stats.samples += 1;
-            on_sample(&s);
+            batch.push(s);
         }
     }
+}
+
+/// The process events, if the kernel lets us have them; without them,
+/// mappings come from `/proc` alone (and short-lived processes go unnamed).
+fn open_events() -> Option<ProcEvents> {
+    let cpus = match aya::util::online_cpus() {
+        Ok(c) => c,
+        Err((path, e)) => {
+            tracing::warn!("cannot list online CPUs ({path}: {e}); process events are off");
+            return None;
+        }
+    };
+    ProcEvents::open(&cpus)
+        .map_err(|e| {
+            tracing::warn!("{e}; mappings come from /proc alone, so processes that exit within a drain go unnamed")
+        })
+        .ok()
 }
 
 /// A sample as the BPF program would send it, for unit tests of the stages

@@ -1,14 +1,24 @@
-//! What `/proc` tells us about a process: its mappings, its binaries, its
+//! What we know of a process: its mappings over time, its binaries, its
 //! names.
 //!
-//! Binaries are opened the first time a process is seen, through
-//! `/proc/PID/map_files/` (falling back to `/proc/PID/root/PATH`). Holding the
-//! open file means symbolization still works after the process exits, after
-//! the file is deleted, and across mount namespaces: the path the process
-//! used may not exist on the host at all.
+//! Mappings come from the kernel's process events as they happen
+//! ([`events`], applied by [`ProcessTable::apply`]), so each one carries the
+//! time from which it was valid and, once replaced (an `exec`, a library
+//! reloaded at the same address), until when ([`history`]). Processes that
+//! were running before the capture started are read from `/proc/PID/maps`
+//! at first sight instead.
+//!
+//! Binaries are opened once per file, through `/proc/PID/map_files/`
+//! while the process lives (falling back to `/proc/PID/root/PATH`), or by
+//! path once it is gone, checked to be the very inode that was mapped.
+//! Holding the open file means symbolization still works after the
+//! process exits, after the file is deleted, and across mount namespaces.
 
 pub mod buildid;
+pub mod container;
+pub mod events;
 pub mod exits;
+pub mod history;
 pub mod maps;
 
 use std::collections::HashMap;
@@ -44,11 +54,24 @@ pub struct Binary {
     content_hash: std::sync::OnceLock<Option<String>>,
 }
 
+impl std::fmt::Debug for Binary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binary")
+            .field("key", &self.key)
+            .field("path", &self.path)
+            .field("open", &self.file.is_some())
+            .finish()
+    }
+}
+
 impl Binary {
     /// Opens the file behind `entry` of process `pid`.
     fn open(pid: u32, entry: &MapEntry, key: BinaryKey) -> Binary {
+        Binary::from_file(entry, key, open_mapped_file(pid, entry))
+    }
+
+    fn from_file(entry: &MapEntry, key: BinaryKey, file: Option<File>) -> Binary {
         let path = entry.path.clone().unwrap_or_default();
-        let file = open_mapped_file(pid, entry);
         // SAFETY: the mapping is read-only and private. Another process
         // truncating the file could fault us (SIGBUS); that is the accepted
         // cost of not copying whole binaries, and what every symbolizer
@@ -69,6 +92,26 @@ impl Binary {
             build_ids,
             content_hash: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Opens the file behind a mapping an event reported: through
+    /// `map_files` while the process lives, else by path (in its root while
+    /// it lives, on the host once gone), checked to be the mapped inode.
+    /// `None` if nothing that is that file could be opened: its frames stay
+    /// unnamed, never misnamed.
+    fn open_checked(pid: u32, entry: &MapEntry, key: BinaryKey) -> Option<Binary> {
+        let mf = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
+        let file = match File::open(&mf) {
+            Ok(f) => f,
+            Err(_) => {
+                let path = entry.path.as_deref()?;
+                let rooted =
+                    Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'));
+                let f = File::open(rooted).or_else(|_| File::open(path)).ok()?;
+                is_inode(&f, key).then_some(f)?
+            }
+        };
+        Some(Binary::from_file(entry, key, Some(file)))
     }
 
     /// What identifies the file for offline symbolization: the GNU build
@@ -114,6 +157,18 @@ fn open_mapped_file(pid: u32, entry: &MapEntry) -> Option<File> {
     File::open(rooted).ok()
 }
 
+/// Whether an open file is the inode `key` names (device numbers as
+/// `/proc/PID/maps` and MMAP2 records print them).
+fn is_inode(f: &File, key: BinaryKey) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = f.metadata() else {
+        return false;
+    };
+    let dev = m.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    m.ino() == key.inode && (major, minor) == key.dev
+}
+
 /// One process as last seen.
 pub struct Process {
     pub pid: u32,
@@ -125,6 +180,13 @@ pub struct Process {
     pub maps: Vec<MapEntry>,
     /// The binary behind each file-backed executable mapping, by its start.
     pub binaries: HashMap<u64, Arc<Binary>>,
+    /// The mappings' validity over time (see [`history`]).
+    pub history: history::Timeline,
+    /// When the process was forked (CLOCK_MONOTONIC ns), if a fork event
+    /// said so; 0 for processes older than the capture.
+    pub born_ns: u64,
+    /// When it exited, if an exit event said so; `u64::MAX` until then.
+    pub exit_ns: u64,
     last_refresh: Instant,
 }
 
@@ -139,15 +201,15 @@ impl Process {
 /// Every process seen during a capture, and every binary they map.
 #[derive(Default)]
 pub struct ProcessTable {
+    /// The current life of each pid.
     procs: HashMap<u32, Process>,
+    /// Earlier lives of pids that were reused, kept while their samples
+    /// may still come.
+    gone: Vec<Process>,
     binaries: HashMap<BinaryKey, Arc<Binary>>,
-    /// Processes retired so far (see [`ProcessTable::retire`]).
-    retired: u32,
+    /// The pids whose events are followed; `None`: all.
+    track: Option<std::collections::HashSet<u32>>,
 }
-
-/// Where the keys of retired processes start: pids never reach 2^31 (the
-/// kernel caps pid_max at 2^22).
-pub const RETIRED_BASE: u32 = 1 << 31;
 
 /// How often one process's maps may be re-read when addresses miss: a
 /// process whose samples keep missing (JIT code, say) must not make us
@@ -184,6 +246,10 @@ impl ProcessTable {
             // Keep binaries of mappings that are gone: samples taken before
             // an exec or dlclose still point into them.
             if let Some(old) = self.procs.remove(&pid) {
+                fresh.history = old.history;
+                fresh.history.gen += 1;
+                fresh.born_ns = old.born_ns;
+                fresh.exit_ns = old.exit_ns;
                 for m in old.maps {
                     let overlaps = fresh
                         .maps
@@ -227,35 +293,22 @@ impl ProcessTable {
         self.procs.remove(&pid)
     }
 
-    /// Closes the binaries that no process in the table (and no one else)
-    /// still holds, unless `keep` says to keep one open a while longer, and
-    /// returns their keys. Anything cached under the path of a closed binary
-    /// (its `/proc/self/fd/N` may be reused by the next file opened) must be
-    /// dropped by the caller.
-    pub fn prune_binaries(&mut self, mut keep: impl FnMut(&BinaryKey) -> bool) -> Vec<BinaryKey> {
+    /// Takes the binaries that no process in the table (and no one else)
+    /// still holds out of the table, unless `keep` says to keep one a
+    /// while longer. The caller decides when to drop them (and so close
+    /// them): anything that knows a binary by its `/proc/self/fd/N` path
+    /// must forget it first, since the fd number goes to the next file
+    /// opened.
+    pub fn prune_binaries(&mut self, mut keep: impl FnMut(&BinaryKey) -> bool) -> Vec<Arc<Binary>> {
         let dead: Vec<BinaryKey> = self
             .binaries
             .iter()
             .filter(|(k, b)| Arc::strong_count(b) == 1 && !keep(k))
             .map(|(k, _)| *k)
             .collect();
-        for k in &dead {
-            self.binaries.remove(k);
-        }
-        dead
-    }
-
-    /// Moves an exited process out of the way of the next process to get
-    /// its pid: what we knew about it stays in the table under a new key
-    /// (an alias above every real pid; [`Process::pid`] keeps the real
-    /// one), and the alias is returned so the caller can move that
-    /// process's samples too. `None` if the pid is unknown.
-    pub fn retire(&mut self, pid: u32) -> Option<u32> {
-        let p = self.procs.remove(&pid)?;
-        self.retired = self.retired.wrapping_add(1);
-        let alias = RETIRED_BASE | (self.retired & !RETIRED_BASE);
-        self.procs.insert(alias, p);
-        Some(alias)
+        dead.iter()
+            .filter_map(|k| self.binaries.remove(k))
+            .collect()
     }
 
     /// How many binaries are open.
@@ -288,8 +341,151 @@ impl ProcessTable {
             exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
             maps,
             binaries,
+            history: history::Timeline::default(),
+            born_ns: 0,
+            exit_ns: u64::MAX,
             last_refresh: Instant::now(),
         })
+    }
+
+    /// Which processes' events are followed: every one for a system-wide
+    /// capture, the targets for `--pid`.
+    pub fn track_only(&mut self, pids: &[u32]) {
+        self.track = Some(pids.iter().copied().collect());
+    }
+
+    fn tracked(&self, pid: u32) -> bool {
+        self.track.as_ref().is_none_or(|t| t.contains(&pid))
+    }
+
+    /// Applies one of the kernel's process events (see [`events`]).
+    pub fn apply(&mut self, e: &events::ProcEvent) {
+        use events::ProcEvent;
+        match e {
+            ProcEvent::Fork {
+                pid,
+                ppid,
+                tid,
+                time_ns,
+            } if pid == tid && self.tracked(*pid) => {
+                if let Some(mut old) = self.procs.remove(pid) {
+                    old.exit_ns = old.exit_ns.min(*time_ns);
+                    self.gone.push(old);
+                }
+                let child = match self.observe(*ppid) {
+                    Some(parent) => Process::forked(parent, *pid, *time_ns),
+                    None => Process::born(*pid, "", *time_ns),
+                };
+                self.procs.insert(*pid, child);
+            }
+            ProcEvent::Exit { pid, tid, time_ns } if pid == tid => {
+                if let Some(p) = self.procs.get_mut(pid) {
+                    p.exit_ns = p.exit_ns.min(*time_ns);
+                }
+            }
+            ProcEvent::Comm {
+                pid,
+                comm,
+                exec: true,
+                time_ns,
+                ..
+            } if self.tracked(*pid) => {
+                self.procs
+                    .entry(*pid)
+                    .or_insert_with(|| Process::born(*pid, comm, 0))
+                    .exec_at(comm, *time_ns);
+            }
+            ProcEvent::Mmap(m) if self.tracked(m.pid) => self.map(m),
+            _ => {}
+        }
+    }
+
+    fn map(&mut self, m: &events::Mmap) {
+        let entry = MapEntry {
+            start: m.start,
+            end: m.start.saturating_add(m.len),
+            readable: true,
+            executable: true,
+            offset: m.pgoff,
+            dev: m.dev,
+            inode: m.inode,
+            path: (!m.path.is_empty()).then(|| m.path.clone()),
+            deleted: false,
+        };
+        let binary = entry
+            .is_file()
+            .then(|| self.open_mapped(m.pid, &entry))
+            .flatten();
+        // A process older than the capture that maps a library now: what
+        // /proc shows already includes it, which the event then confirms.
+        if !self.procs.contains_key(&m.pid) && self.observe(m.pid).is_none() {
+            self.procs.insert(m.pid, Process::born(m.pid, "", 0));
+        }
+        if let Some(p) = self.procs.get_mut(&m.pid) {
+            p.map_at(entry, binary, m.time_ns);
+        }
+    }
+
+    /// The binary behind a mapping an event reported: one already open
+    /// for that device and inode, else opened now. A file reached by path
+    /// (the process is gone) is used only if it is that very inode.
+    fn open_mapped(&mut self, pid: u32, entry: &MapEntry) -> Option<Arc<Binary>> {
+        let key = BinaryKey {
+            dev: entry.dev,
+            inode: entry.inode,
+        };
+        if let Some(b) = self.binaries.get(&key) {
+            return Some(b.clone());
+        }
+        let b = Binary::open_checked(pid, entry, key)?;
+        let b = Arc::new(b);
+        self.binaries.insert(key, b.clone());
+        Some(b)
+    }
+
+    /// The process `pid` was at time `t`: its life that began before `t`
+    /// (a pid is reused only after its last owner exited).
+    pub fn at(&self, pid: u32, t: u64) -> Option<&Process> {
+        match self.procs.get(&pid) {
+            Some(p) if p.born_ns <= t => Some(p),
+            _ => self
+                .gone
+                .iter()
+                .rev()
+                .find(|p| p.pid == pid && p.born_ns <= t && t < p.exit_ns),
+        }
+    }
+
+    /// Says that the process `pid` born at `born_ns` exited by `t` (its
+    /// pidfd said so), so that it is forgotten in time.
+    pub fn exited(&mut self, pid: u32, born_ns: u64, t: u64) {
+        let mark = |p: &mut Process| {
+            if p.pid == pid && p.born_ns == born_ns {
+                p.exit_ns = p.exit_ns.min(t);
+            }
+        };
+        if let Some(p) = self.procs.get_mut(&pid) {
+            mark(p);
+        }
+        self.gone.iter_mut().for_each(mark);
+    }
+
+    /// Forgets what no sample can still need: processes that exited, and
+    /// mappings that stopped applying, before `before_ns`.
+    pub fn prune(&mut self, before_ns: u64) {
+        let dead: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.exit_ns < before_ns)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in dead {
+            self.procs.remove(&pid);
+        }
+        self.gone.retain(|p| p.exit_ns >= before_ns);
+        for p in self.procs.values_mut().chain(self.gone.iter_mut()) {
+            p.prune_ended(before_ns);
+        }
     }
 }
 
@@ -332,6 +528,14 @@ pub fn is_alive(pid: u32) -> bool {
         .rfind(')')
         .and_then(|i| stat[i + 1..].split_whitespace().next());
     !matches!(state, Some("Z" | "X" | "x") | None)
+}
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat`
+/// field 22): with the pid, what identifies it across pid reuse.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Total CPU time (user + system) a process has used so far, from

@@ -11,6 +11,8 @@ use super::Frame;
 /// Wraps one blazesym symbolizer; it caches parsed files by path.
 pub struct ElfSymbolizer {
     inner: Symbolizer,
+    /// Where debug files are looked for, the defaults included.
+    debug_dirs: Vec<PathBuf>,
 }
 
 impl Default for ElfSymbolizer {
@@ -35,9 +37,17 @@ impl ElfSymbolizer {
             .enable_code_info(true)
             .enable_inlined_fns(true)
             .enable_demangling(true)
-            .set_debug_dirs(Some(all))
+            .set_debug_dirs(Some(&all))
             .build();
-        ElfSymbolizer { inner }
+        ElfSymbolizer {
+            inner,
+            debug_dirs: all,
+        }
+    }
+
+    /// The debug directories searched, in order.
+    pub fn debug_dirs(&self) -> &[PathBuf] {
+        &self.debug_dirs
     }
 
     /// Symbolizes virtual addresses (as the ELF's own headers and symbol
@@ -78,6 +88,25 @@ pub fn vaddr_of(data: &[u8], offset: u64, mapping_offset: u64) -> Option<u64> {
     let text = loads().find(|p| p.p_flags(endian) & PF_X != 0)?;
     let page_vaddr = text.p_vaddr(endian) & !0xfff;
     Some(page_vaddr + offset.checked_sub(mapping_offset)?)
+}
+
+/// Whether the ELF carries DWARF of its own: a `.debug_info` (or
+/// compressed `.zdebug_info`) section with contents. Unstripped binaries
+/// and separate debug files do; stripped binaries, and those that only
+/// link to a debug file elsewhere, do not.
+pub fn has_dwarf(data: &[u8]) -> bool {
+    use object::elf::SHT_NOBITS;
+    use object::read::elf::{ElfFile64, SectionHeader};
+    use object::{LittleEndian, Object, ObjectSection};
+
+    let Ok(elf) = ElfFile64::<LittleEndian>::parse(data) else {
+        return false;
+    };
+    elf.sections().any(|s| {
+        matches!(s.name(), Ok(".debug_info" | ".zdebug_info"))
+            && s.elf_section_header().sh_type(LittleEndian) != SHT_NOBITS
+            && s.size() > 0
+    })
 }
 
 /// blazesym reports the physical function with the location of the first

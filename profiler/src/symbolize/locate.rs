@@ -14,6 +14,8 @@
 //! all.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::process::buildid;
@@ -22,8 +24,8 @@ use crate::process::buildid;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found {
     pub path: PathBuf,
-    /// A human description of the layout that matched.
-    pub how: &'static str,
+    /// A human description of the layout or source that matched.
+    pub how: String,
 }
 
 /// Searches debug and binary directories by build ID.
@@ -35,9 +37,9 @@ pub struct Locator {
     scanned: Option<HashMap<String, PathBuf>>,
 }
 
-/// Files larger than this are not hashed while scanning: a directory of
-/// binaries should not make us read gigabytes for one missing build ID.
-const MAX_SCAN_BYTES: u64 = 2 << 30;
+/// Files without a build ID larger than this are not hashed: a directory
+/// of binaries should not make us read gigabytes for one missing build ID.
+const MAX_HASH_BYTES: u64 = 2 << 30;
 
 impl Locator {
     pub fn new(debug_dirs: Vec<PathBuf>, binary_dirs: Vec<PathBuf>) -> Self {
@@ -81,18 +83,40 @@ impl Locator {
         let scanned = self.scanned.get_or_insert_with(|| scan(&self.binary_dirs));
         scanned.get(id).map(|p| Found {
             path: p.clone(),
-            how: "--binary directory scan",
+            how: "--binary directory scan".to_owned(),
         })
     }
 }
 
 /// `path` if it exists and its identity is `id`.
 fn verified(path: &Path, id: &str, how: &'static str) -> Option<Found> {
-    let data = std::fs::read(path).ok()?;
-    (buildid::identity(&data) == id).then(|| Found {
+    (elf_identity(path)? == id).then(|| Found {
         path: path.to_owned(),
-        how,
+        how: how.to_owned(),
     })
+}
+
+/// The identity of the ELF file at `path`; `None` for anything else (or
+/// what cannot be read). Only what it takes is read: the magic, then the
+/// build-ID notes through a mapping, which touches a few pages; the whole
+/// file only for the content hash of an ELF without a build ID.
+fn elf_identity(path: &Path) -> Option<String> {
+    let file = File::open(path).ok()?;
+    let mut magic = [0u8; 4];
+    file.read_exact_at(&mut magic, 0).ok()?;
+    if &magic != b"\x7fELF" {
+        return None;
+    }
+    // SAFETY: read-only private mapping; see process::Binary::open.
+    let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    if let Some(id) = buildid::read(&data).preferred() {
+        return Some(id.to_owned());
+    }
+    drop(data);
+    let small = file.metadata().is_ok_and(|m| m.len() <= MAX_HASH_BYTES);
+    small
+        .then(|| buildid::content_hash_of_file(&file).ok())
+        .flatten()
 }
 
 /// Identity of every ELF file under `dirs`, recursively. Symlinks are not
@@ -110,14 +134,8 @@ fn scan(dirs: &[PathBuf]) -> HashMap<String, PathBuf> {
             if ft.is_dir() {
                 todo.push(p);
             } else if ft.is_file() {
-                let small = e.metadata().is_ok_and(|m| m.len() <= MAX_SCAN_BYTES);
-                if !small {
-                    continue;
-                }
-                if let Ok(data) = std::fs::read(&p) {
-                    if data.starts_with(b"\x7fELF") {
-                        out.entry(buildid::identity(&data)).or_insert(p);
-                    }
+                if let Some(id) = elf_identity(&p) {
+                    out.entry(id).or_insert(p);
                 }
             }
         }
@@ -174,5 +192,56 @@ mod tests {
         std::fs::write(wrong.join("app"), b"\x7fELF other").unwrap();
         let mut l = Locator::new(vec![], vec![root.path().join("wrong")]);
         assert!(l.find(&id, "/usr/bin/app").is_none());
+    }
+
+    /// Bytes this thread has read with read(2) and its kin; pages of a
+    /// mapping that are touched do not count.
+    fn bytes_read_by_this_thread() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// A 64 MiB file that is not ELF, and big ELF files, are judged by
+    /// their magic and notes: a few KiB read, not their whole contents.
+    #[test]
+    fn checks_magic_and_build_id_without_reading_whole_files() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        assert!(exe.len() > 4 << 20, "the test binary is too small to tell");
+        let id = buildid::identity(&exe);
+        let root = tempfile::tempdir().unwrap();
+        let bin = root.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let big = File::create(bin.join("core.dump")).unwrap();
+        big.set_len(64 << 20).unwrap();
+        big.write_all_at(b"not an ELF file", 0).unwrap();
+        std::fs::write(bin.join("other.so"), b"\x7fELF truncated").unwrap();
+        std::fs::write(bin.join("app"), &exe).unwrap();
+        let pp = root.path().join("pp").join(&id);
+        std::fs::create_dir_all(&pp).unwrap();
+        std::fs::write(pp.join("app"), &exe).unwrap();
+
+        // <build_id>/<basename>: one candidate, verified.
+        let before = bytes_read_by_this_thread();
+        let mut l = Locator::new(vec![], vec![root.path().join("pp")]);
+        let f = l.find(&id, "/usr/bin/app").unwrap();
+        assert_eq!(f.how, "<build_id>/<basename>");
+        let read = bytes_read_by_this_thread() - before;
+        assert!(read < 64 << 10, "{read} bytes read to verify one file");
+
+        // The scan of a directory: every file's magic, the ELF's notes.
+        let before = bytes_read_by_this_thread();
+        let mut l = Locator::new(vec![], vec![bin.clone()]);
+        let f = l.find(&id, "/usr/bin/renamed").unwrap();
+        assert_eq!(f.path, bin.join("app"));
+        let read = bytes_read_by_this_thread() - before;
+        assert!(
+            read < 64 << 10,
+            "{read} bytes read to scan {}",
+            bin.display()
+        );
     }
 }

@@ -4,8 +4,10 @@
 //! binaries go to our own `.gopclntab` reader ([`go`]); everything else, and
 //! the C parts of cgo binaries, to blazesym ([`elf`]); kernel addresses to
 //! kallsyms ([`kernel`]), or offline to a vmlinux through blazesym once the
-//! KASLR slide is taken off ([`vmlinux`]).
+//! KASLR slide is taken off ([`vmlinux`]). Binaries with no debug info on
+//! this machine can be named from a debuginfod server ([`debuginfod`]).
 
+pub mod debuginfod;
 pub mod elf;
 pub mod go;
 pub mod kernel;
@@ -57,6 +59,8 @@ pub struct SymbolFile {
     pub path: PathBuf,
     /// The file's bytes.
     pub data: Arc<memmap2::Mmap>,
+    /// The path as a user knows it (the one the process saw), for messages.
+    pub name: String,
 }
 
 impl SymbolFile {
@@ -65,6 +69,7 @@ impl SymbolFile {
         Some(SymbolFile {
             path: binary.fd_path()?,
             data: binary.data.clone()?,
+            name: binary.path.clone(),
         })
     }
 
@@ -76,6 +81,7 @@ impl SymbolFile {
         Ok(SymbolFile {
             path: path.to_owned(),
             data: Arc::new(data),
+            name: path.display().to_string(),
         })
     }
 
@@ -94,6 +100,15 @@ pub struct Symbolizer {
     /// Go tables by file; `None` for files that are not Go binaries.
     go: HashMap<PathBuf, Option<go::GoTable>>,
     cache: HashMap<(PathBuf, u64), Frames>,
+    /// Opt-in: debug files fetched by build ID for binaries without any here.
+    debuginfod: Option<Fetcher>,
+}
+
+/// The debuginfod client and, per binary, the debug file it gave (`None`:
+/// none wanted or none found), so each binary is looked up once.
+struct Fetcher {
+    client: debuginfod::Debuginfod,
+    files: HashMap<PathBuf, Option<SymbolFile>>,
 }
 
 impl Symbolizer {
@@ -117,7 +132,84 @@ impl Symbolizer {
             kernel,
             go: HashMap::new(),
             cache: HashMap::new(),
+            debuginfod: None,
         }
+    }
+
+    /// Names binaries that have no DWARF here (and no debug file under
+    /// the debug directories' `.build-id/`) from the debug file a
+    /// debuginfod server has for their build ID; Go binaries are left to
+    /// `.gopclntab`. Fetching happens on the first [`Self::symbolize_file`]
+    /// of each such binary, and says per binary where names came from.
+    pub fn with_debuginfod(mut self, client: Option<debuginfod::Debuginfod>) -> Self {
+        self.debuginfod = client.map(|client| Fetcher {
+            client,
+            files: HashMap::new(),
+        });
+        self
+    }
+
+    /// Whether `file` is a Go binary, its table parsed on first use.
+    fn is_go(&mut self, file: &SymbolFile) -> bool {
+        self.go
+            .entry(file.path.clone())
+            .or_insert_with(|| go::GoTable::parse_mapped(file.data.clone()).ok().flatten())
+            .is_some()
+    }
+
+    /// The GNU build ID to ask debuginfod about for `file`, if nothing
+    /// here names its frames with lines (see [`debuginfod::wanted`]); never
+    /// for Go binaries, which `.gopclntab` names in full.
+    pub fn wants_debug_file(&mut self, file: &SymbolFile) -> Option<String> {
+        if self.is_go(file) {
+            return None;
+        }
+        debuginfod::wanted(file, self.elf.debug_dirs())
+    }
+
+    /// The debuginfod file to read instead of `file`, if one is wanted
+    /// and was found.
+    fn debug_file_for(&mut self, file: &SymbolFile) -> Option<SymbolFile> {
+        if let Some(known) = self.debuginfod.as_ref()?.files.get(&file.path) {
+            return known.clone();
+        }
+        let wanted = self.wants_debug_file(file);
+        let fetcher = self.debuginfod.as_mut()?;
+        let found = wanted.and_then(|id| {
+            let lookup = fetcher.client.find(&id);
+            let opened = lookup
+                .found
+                .as_ref()
+                .map(|f| (f, SymbolFile::open(&f.path)));
+            match opened {
+                Some((f, Ok(opened))) => {
+                    tracing::info!(
+                        "{} [{id}]: names from {} ({})",
+                        file.name,
+                        opened.path.display(),
+                        f.how()
+                    );
+                    Some(opened)
+                }
+                Some((f, Err(e))) => {
+                    tracing::warn!(
+                        "{} [{id}]: cannot read {}: {e}",
+                        file.name,
+                        f.path.display()
+                    );
+                    None
+                }
+                None => {
+                    let why = lookup
+                        .explain()
+                        .unwrap_or_else(|| "debuginfod: not found".into());
+                    tracing::info!("{} [{id}]: {why}", file.name);
+                    None
+                }
+            }
+        });
+        fetcher.files.insert(file.path.clone(), found.clone());
+        found
     }
 
     /// Resolves ELF virtual addresses of `file` (return addresses already
@@ -125,6 +217,10 @@ impl Symbolizer {
     /// frame first. Results are cached per (file, address), so repeated
     /// calls are cheap.
     pub fn symbolize_file(&mut self, file: &SymbolFile, vaddrs: &[u64]) -> Vec<Frames> {
+        // A debug file has the binary's addresses, so the same lookups
+        // work on it.
+        let debug = self.debug_file_for(file);
+        let file = debug.as_ref().unwrap_or(file);
         let todo: Vec<u64> = vaddrs
             .iter()
             .copied()

@@ -13,13 +13,14 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::process::{Process, ProcessTable};
+use crate::process::Process;
 
-/// Decides, once per (pid, word), whether a stack-top word is a return
-/// address, and patches stacks accordingly.
+/// Decides, once per (process, word), whether a stack-top word is a
+/// return address, and patches stacks accordingly. A process is its pid
+/// and start time, so a reused pid never inherits another's verdicts.
 #[derive(Default)]
 pub struct LeafFixer {
-    verdicts: HashMap<(u32, u64), bool>,
+    verdicts: HashMap<(u32, u64, u64), bool>,
 }
 
 impl LeafFixer {
@@ -29,26 +30,25 @@ impl LeafFixer {
 
     /// The user stack of a sample with the leaf's caller restored when it
     /// was missing. `sp_word` is the word at the user stack pointer.
+    /// `process` is the process's snapshot (`None`: unknown, nothing is
+    /// inserted) and `id` its (pid, start time).
     pub fn user_stack<'a>(
         &mut self,
-        procs: &mut ProcessTable,
-        pid: u32,
+        process: Option<&Process>,
+        id: (u32, u64),
         stack: &'a [u64],
         sp_word: u64,
     ) -> Cow<'a, [u64]> {
         if sp_word == 0 || stack.is_empty() || stack.get(1) == Some(&sp_word) {
             return Cow::Borrowed(stack);
         }
-        let verdict = match self.verdicts.get(&(pid, sp_word)) {
-            Some(&v) => v,
-            None => {
-                let v = procs
-                    .observe(pid)
-                    .is_some_and(|p| is_return_site(p, sp_word));
-                self.verdicts.insert((pid, sp_word), v);
-                v
-            }
+        let Some(process) = process else {
+            return Cow::Borrowed(stack);
         };
+        let verdict = *self
+            .verdicts
+            .entry((id.0, id.1, sp_word))
+            .or_insert_with(|| is_return_site(process, sp_word));
         if !verdict {
             return Cow::Borrowed(stack);
         }
@@ -164,16 +164,20 @@ mod tests {
         assert_eq!(caller(), 1);
         let ret = caller_ret_addr().expect("caller calls callee directly");
         let pid = std::process::id();
-        let mut procs = ProcessTable::new();
+        let mut procs = crate::process::ProcessTable::new();
+        let p = procs.observe(pid);
+        let id = (pid, 1);
         let mut fixer = LeafFixer::new();
         let stack = [0x1000u64, 0x2000];
-        let fixed = fixer.user_stack(&mut procs, pid, &stack, ret);
+        let fixed = fixer.user_stack(p, id, &stack, ret);
         assert_eq!(&*fixed, &[0x1000, ret, 0x2000]);
         // Not code after a call: left alone.
         let data = 0xdead_beefu64;
-        assert_eq!(&*fixer.user_stack(&mut procs, pid, &stack, data), &stack);
+        assert_eq!(&*fixer.user_stack(p, id, &stack, data), &stack);
         // Already the caller: left alone.
         let st2 = [0x1000u64, ret];
-        assert_eq!(&*fixer.user_stack(&mut procs, pid, &st2, ret), &st2);
+        assert_eq!(&*fixer.user_stack(p, id, &st2, ret), &st2);
+        // An unknown process: nothing to check against, left alone.
+        assert_eq!(&*fixer.user_stack(None, id, &stack, ret), &stack);
     }
 }

@@ -1,5 +1,4 @@
-//! Completing user stacks beyond what the frame-pointer chain gives, and
-//! keeping garbage out of them.
+//! Completing user stacks beyond what the frame-pointer chain gives.
 //!
 //! [`table`] compiles `.eh_frame` into the rows the BPF unwinder searches
 //! ([`cgo`] adds rules for the Go code C calls into); [`loader`] keeps one
@@ -7,8 +6,7 @@
 //! and evicted least recently used first under a byte budget ([`alloc`]
 //! finds room for rows, [`kernel`] writes the BPF maps); [`worker`] does
 //! all of that off the sample loop. [`leaf`] repairs the caller of a
-//! frameless leaf where only frame pointers were walked, and [`sanitize`]
-//! cuts a stack at its first address outside every executable mapping.
+//! frameless leaf where only frame pointers were walked.
 
 mod alloc;
 pub mod cgo;
@@ -16,6 +14,5 @@ mod heat;
 mod kernel;
 pub mod leaf;
 pub mod loader;
-pub mod sanitize;
 pub mod table;
 pub mod worker;

@@ -1,0 +1,79 @@
+//! The profiling engine: one pipeline behind every front end.
+//!
+//! ```text
+//! capture ──samples──▶ ingest ──▶ store ──▶ resolve ──▶ encode ──▶ sinks
+//!  (BPF)               identity    totals    normalize   pprof      file, HTTP,
+//!                      leaf fix    | window  + symbolize            push
+//!                      tables
+//! ```
+//!
+//! - [`ingest`]: who a sample belongs to ([`identity`]: pid and start
+//!   time), the frameless-leaf fix-up, unwind-table requests, and the
+//!   normalization of each new stack against its process's mappings
+//!   ([`normalize`]).
+//! - [`store`]: interned stacks with counts; [`store::totals`] for the
+//!   recorder, [`store::window`] (a rolling window) for the agent.
+//! - [`resolve`]: mapped frames become named frames, once per distinct
+//!   (binary, address), with the one rule for which address names a frame
+//!   ([`resolve::lookup_pc`]).
+//! - [`encode`]: resolved stacks become a pprof profile, with one label
+//!   policy per front end.
+//!
+//! [`Engine`] ties ingest to a store as a capture [`Sink`]. The recorder
+//! (`record`) and the agent (`agent`) are thin front ends: they choose the
+//! store, what stops the capture, and where profiles go.
+
+pub mod encode;
+pub mod identity;
+pub mod ingest;
+pub mod memory;
+pub mod normalize;
+pub mod resolve;
+pub mod store;
+
+use std::ops::ControlFlow;
+
+use profiler_ebpf::abi::Sample;
+
+use crate::capture::{CaptureStats, Sink, StopReason};
+use crate::process::events::ProcEvent;
+use ingest::Ingest;
+use store::Store;
+
+/// Ingest feeding a store.
+pub struct Engine<S> {
+    pub ingest: Ingest,
+    pub store: S,
+}
+
+impl<S: Store> Engine<S> {
+    pub fn new(ingest: Ingest, store: S) -> Self {
+        Engine { ingest, store }
+    }
+
+    /// Counts one sample; a new stack is normalized (outside any lock the
+    /// store may take).
+    pub fn add(&mut self, s: &Sample) {
+        let ing = self.ingest.ingest(s);
+        let added = self.store.add(&ing);
+        if added.needs_norm {
+            let norm = self.ingest.normalize(ing.meta.key, &ing.user, ing.time_ns);
+            self.store.set_norm(added.id, norm);
+        }
+    }
+}
+
+impl<S: Store> Sink for Engine<S> {
+    fn sample(&mut self, s: &Sample) {
+        self.add(s);
+    }
+
+    fn event(&mut self, e: &ProcEvent) {
+        self.ingest.event(e);
+    }
+
+    fn tick(&mut self, _stats: &CaptureStats) -> ControlFlow<StopReason> {
+        self.ingest.tick();
+        ControlFlow::Continue(())
+    }
+}
