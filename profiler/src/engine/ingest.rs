@@ -495,7 +495,9 @@ impl Ingest {
             } => *pid,
             _ => return,
         };
-        if self.live.get(&pid).is_some_and(|p| p.alive) {
+        // A target loaded before the capture may not have been sampled yet
+        // (a dlopen after a sleep): it needs the new mappings' tables too.
+        if self.live.get(&pid).is_some_and(|p| p.alive) || self.prewarmed.contains_key(&pid) {
             self.reload.insert(pid);
         }
     }
