@@ -28,10 +28,9 @@ struct Server {
 }
 
 impl Server {
-    /// Starts it on `dir`, its database and log under `work`; `None` (and a
-    /// SKIPPED line) if it is not installed outside CI.
-    fn start(dir: &Path, work: &Path) -> Option<Server> {
-        let exe = debuginfod_server()?;
+    /// Starts it on `dir`, its database and log under `work`.
+    fn start(dir: &Path, work: &Path) -> Server {
+        let exe = debuginfod_server();
         let port = free_port();
         let log = work.join(format!("debuginfod-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
@@ -48,7 +47,7 @@ impl Server {
             .stderr(out)
             .spawn()
             .expect("starting debuginfod");
-        Some(Server { child, port, log })
+        Server { child, port, log }
     }
 
     fn url(&self) -> String {
@@ -299,9 +298,7 @@ fn a_real_server_names_offline_and_live_then_its_cache_without_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = |name: &str| dir.path().join(name);
     let (full, stripped, id) = inline_builds(dir.path());
-    let Some(mut server) = Server::start(&d("serve"), dir.path()) else {
-        return;
-    };
+    let mut server = Server::start(&d("serve"), dir.path());
 
     // The reference: live symbolization of the unstripped build. Then the
     // stripped build, raw.
@@ -432,9 +429,7 @@ fn the_kernel_image_comes_through_a_real_server_as_with_vmlinux() {
         &kernel_build_id(),
         0x100_0000,
     );
-    let Some(mut server) = Server::start(&serve, dir.path()) else {
-        return;
-    };
+    let mut server = Server::start(&serve, dir.path());
     let spin = d("spin");
     build_c("spin.c", &spin, &["-O2", "-fno-omit-frame-pointer"]);
     // write(2) in a loop: most samples are in the kernel.

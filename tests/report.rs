@@ -17,7 +17,7 @@
 //!   stacks, labels.
 //!
 //! `go tool pprof` comes from the Go toolchain in `.venv-go` (or `go` on
-//! PATH). Without it these comparisons are skipped, unless `CI` is set.
+//! PATH); `cargo xtask deps` installs it, and a test fails without it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,38 +34,31 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The `go` binary, or None (after saying why) when there is none and we
-/// are not in CI.
-fn go() -> Option<&'static Path> {
-    static GO: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// The `go` binary; fails the test when there is none.
+fn go() -> &'static Path {
+    static GO: OnceLock<PathBuf> = OnceLock::new();
     GO.get_or_init(|| {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-go/bin/go");
         let candidates = [venv, PathBuf::from("go")];
-        for go in candidates {
-            let ok = Command::new(&go)
-                .arg("version")
-                .env("GOTOOLCHAIN", "local")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
-                return Some(go);
-            }
-        }
-        if std::env::var_os("CI").is_some() {
-            panic!("the Go toolchain is required in CI (.venv-go/bin/go or go on PATH)");
-        }
-        eprintln!("skipping go tool pprof comparisons: no Go toolchain");
-        None
+        candidates
+            .into_iter()
+            .find(|go| {
+                Command::new(go)
+                    .arg("version")
+                    .env("GOTOOLCHAIN", "local")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("the Go toolchain is missing (.venv-go/bin/go or go on PATH): run `cargo xtask deps`")
     })
-    .as_deref()
 }
 
 /// How to run pprof: the tool binary `go tool -n pprof` names (twenty
 /// times faster than going through `go tool` on every call), else `go tool
 /// pprof` itself.
-fn pprof_command() -> Option<Command> {
+fn pprof_command() -> Command {
     static PPROF: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let go = go()?;
+    let go = go();
     let tool = PPROF.get_or_init(|| {
         let out = Command::new(go)
             .args(["tool", "-n", "pprof"])
@@ -87,13 +80,13 @@ fn pprof_command() -> Option<Command> {
     cmd.env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
         .env("GOFLAGS", "");
-    Some(cmd)
+    cmd
 }
 
-/// Output of `go tool pprof -symbolize=none ARGS FILE`, or None without Go.
-/// (We never symbolize in `report`, so neither may pprof.)
-fn pprof_output(args: &[&str], file: &Path) -> Option<String> {
-    let out = pprof_command()?
+/// Output of `go tool pprof -symbolize=none ARGS FILE`. (We never
+/// symbolize in `report`, so neither may pprof.)
+fn pprof_output(args: &[&str], file: &Path) -> String {
+    let out = pprof_command()
         .arg("-symbolize=none")
         .args(args)
         .arg(file)
@@ -105,7 +98,7 @@ fn pprof_output(args: &[&str], file: &Path) -> Option<String> {
         file.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(String::from_utf8(out.stdout).expect("utf-8 from pprof"))
+    String::from_utf8(out.stdout).expect("utf-8 from pprof")
 }
 
 /// Asserts line-by-line equality, showing both outputs on a difference.
@@ -148,6 +141,9 @@ fn case(nodecount: usize, extra: &[(&str, &str)]) -> Case {
             "sample_index" => opts.sample_index = Some(v.into()),
             "unit" => opts.unit = v.into(),
             "noinlines" => opts.noinlines = true,
+            "hide" => opts.hide = Some(v.into()),
+            "tagfocus" => opts.tagfocus = Some(v.into()),
+            "tagignore" => opts.tagignore = Some(v.into()),
             _ => unreachable!("{k}"),
         }
         flags.push(if k == "noinlines" {
@@ -167,9 +163,7 @@ fn compare_top(file: &Path, cases: &[Case]) -> usize {
     for c in cases {
         let ours = report::top_table_with(&profile, &c.opts).unwrap();
         let flags: Vec<&str> = c.flags.iter().map(String::as_str).collect();
-        let Some(theirs) = pprof_output(&flags, file) else {
-            return ran;
-        };
+        let theirs = pprof_output(&flags, file);
         assert_same(&format!("{} {:?}", file.display(), c.flags), &ours, &theirs);
         ran += 1;
     }
@@ -246,6 +240,27 @@ fn top_matches_pprof_with_sample_index() {
     );
 }
 
+/// Our own heap and allocs profiles (`rprof-bpf heap|allocs` of the
+/// goruntime fixture): every sample type, and allocs' default index.
+#[test]
+fn top_matches_pprof_on_our_heap_profiles() {
+    let heap = fixture("rprof-heap.pb.gz");
+    compare_top(
+        &heap,
+        &[
+            case(0, &[]),
+            case(0, &[("sample_index", "inuse_space")]),
+            case(0, &[("sample_index", "inuse_objects")]),
+            case(0, &[("sample_index", "alloc_space")]),
+            case(0, &[("sample_index", "alloc_objects")]),
+        ],
+    );
+    compare_top(
+        &fixture("rprof-allocs.pb.gz"),
+        &[case(0, &[]), case(5, &[("sample_index", "inuse_space")])],
+    );
+}
+
 #[test]
 fn top_matches_pprof_on_our_profile_with_kernel_frames() {
     let file = fixture("rprof-go.pb.gz");
@@ -264,6 +279,106 @@ fn top_matches_pprof_on_our_profile_with_kernel_frames() {
             case(10, &[("unit", "ms")]),
         ],
     );
+}
+
+/// Our off-CPU and wall profiles (tests/fixtures/c/offcpu.c): their time
+/// types (`off_cpu`, `time`, in ns) are the default sample index, as in
+/// pprof, and `samples` and units select like any other.
+#[test]
+fn top_matches_pprof_on_our_offcpu_and_wall_profiles() {
+    for name in ["rprof-offcpu.pb.gz", "rprof-wall.pb.gz"] {
+        compare_top(
+            &fixture(name),
+            &[
+                case(10, &[]),
+                case(10, &[("sample_index", "samples")]),
+                case(10, &[("sample_index", "0")]),
+                case(10, &[("unit", "ms")]),
+                case(10, &[("focus", "nap_")]),
+            ],
+        );
+    }
+}
+
+#[test]
+fn top_matches_pprof_with_hide_and_tag_filters() {
+    compare_top(
+        &fixture("go-cpu.pb.gz"),
+        &[
+            case(0, &[("hide", "runtime\\.")]),
+            case(10, &[("hide", "mix")]),
+            case(10, &[("hide", "main\\.go")]),
+            case(10, &[("hide", "fib"), ("focus", "fib|direct")]),
+            case(10, &[("hide", "nothing-matches-this")]),
+        ],
+    );
+    let ours = fixture("rprof-go.pb.gz");
+    compare_top(
+        &ours,
+        &[
+            // Numeric labels: equality and ranges.
+            case(10, &[("tagfocus", "tid=12902")]),
+            case(10, &[("tagfocus", "tid=12901:12902")]),
+            case(10, &[("tagignore", "tid=:12898")]),
+            case(10, &[("tagfocus", "pid=12898"), ("tagignore", "tid=12903")]),
+            // String labels: by key, and key:value without one.
+            case(10, &[("tagfocus", "thread=gopr")]),
+            case(10, &[("tagfocus", "process:goprog")]),
+            case(10, &[("tagignore", "thread=goprog")]),
+            case(10, &[("tagfocus", "thread=nothing")]),
+            // Kernel frames hidden by their mapping.
+            case(10, &[("hide", "kallsyms")]),
+        ],
+    );
+}
+
+/// Compares our diff top tables with `go tool pprof -top -diff_base`.
+fn compare_diff(file: &Path, base: &Path, cases: &[(bool, Case)]) {
+    let (p, b) = (
+        pprof::read_file(file).unwrap(),
+        pprof::read_file(base).unwrap(),
+    );
+    for (normalize, c) in cases {
+        let ours = report::top_table_diff(&p, &b, *normalize, &c.opts).unwrap();
+        let mut flags: Vec<String> = c.flags.clone();
+        flags.push(format!("-diff_base={}", base.display()));
+        if *normalize {
+            flags.push("-normalize".into());
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let theirs = pprof_output(&flags, file);
+        assert_same(&format!("{} {flags:?}", file.display()), &ours, &theirs);
+    }
+}
+
+#[test]
+fn diff_top_matches_pprof_diff_base() {
+    let (go, ours) = (fixture("go-cpu.pb.gz"), fixture("rprof-go.pb.gz"));
+    compare_diff(
+        &ours,
+        &go,
+        &[
+            (false, case(0, &[])),
+            (false, case(10, &[("sample_index", "samples")])),
+            (true, case(0, &[])),
+            (false, case(10, &[("focus", "main\\.")])),
+            (true, case(10, &[("noinlines", "")])),
+        ],
+    );
+    compare_diff(&go, &ours, &[(false, case(15, &[])), (true, case(15, &[]))]);
+    // A profile against itself: nothing changed.
+    let same = report::top_table_diff(
+        &pprof::read_file(&go).unwrap(),
+        &pprof::read_file(&go).unwrap(),
+        false,
+        &Options::default(),
+    )
+    .unwrap();
+    assert!(
+        same.contains("Showing nodes accounting for 0, 0% of 3.88s total"),
+        "{same}"
+    );
+    compare_diff(&go, &go, &[(false, case(10, &[]))]);
 }
 
 #[test]
@@ -292,9 +407,8 @@ fn traces_match_pprof() {
             ..Options::default()
         };
         let ours = report::traces(&profile, &opts).unwrap();
-        if let Some(theirs) = pprof_output(&flags, &file) {
-            assert_same(&format!("{name} {flags:?}"), &ours, &theirs);
-        }
+        let theirs = pprof_output(&flags, &file);
+        assert_same(&format!("{name} {flags:?}"), &ours, &theirs);
     }
 }
 
@@ -492,9 +606,8 @@ fn top_and_traces_match_pprof_on_synthetic_profile() {
     );
     let profile = pprof::read_file(&file).unwrap();
     let ours = report::traces(&profile, &Options::default()).unwrap();
-    if let Some(theirs) = pprof_output(&["-traces"], &file) {
-        assert_same("synthetic -traces", &ours, &theirs);
-    }
+    let theirs = pprof_output(&["-traces"], &file);
+    assert_same("synthetic -traces", &ours, &theirs);
 }
 
 #[test]
@@ -616,18 +729,8 @@ fn flamegraph_via_run_is_written_atomically() {
     let file = write_synthetic(dir.path());
     let out = dir.path().join("flame.svg");
     let args = ReportArgs {
-        file,
-        top: false,
-        nodecount: 20,
-        sample_index: None,
-        unit: "minimum".into(),
-        focus: None,
-        ignore: None,
-        noinlines: false,
         flamegraph: Some(out.clone()),
-        title: None,
-        collapsed: false,
-        traces: false,
+        ..args_for(file)
     };
     report::run(&args).unwrap();
     let svg = std::fs::read_to_string(&out).unwrap();
@@ -695,7 +798,13 @@ fn args_for(file: PathBuf) -> ReportArgs {
         unit: "minimum".into(),
         focus: None,
         ignore: None,
+        hide: None,
+        tagfocus: None,
+        tagignore: None,
         noinlines: false,
+        diff_base: None,
+        normalize: false,
+        http: None,
         flamegraph: None,
         title: None,
         collapsed: false,
@@ -885,24 +994,19 @@ fn exercise(p: &Profile) {
     );
 }
 
-/// The `report` subcommand of the binary, or None when main.rs does not
-/// have it yet.
-fn bin_report(args: &[&str]) -> Option<std::process::Output> {
-    let bin = env!("CARGO_BIN_EXE_rprof-bpf");
-    let help = Command::new(bin).args(["report", "--help"]).output().ok()?;
-    if !String::from_utf8_lossy(&help.stdout).contains("--flamegraph") {
-        eprintln!("skipping binary test: `rprof-bpf report` is not wired yet");
-        return None;
-    }
-    Some(Command::new(bin).arg("report").args(args).output().unwrap())
+/// Runs `rprof-bpf report ARGS`.
+fn bin_report(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rprof-bpf"))
+        .arg("report")
+        .args(args)
+        .output()
+        .expect("running rprof-bpf report")
 }
 
 #[test]
 fn binary_report_prints_top_and_fails_cleanly() {
     let file = fixture("go-cpu.pb.gz");
-    let Some(out) = bin_report(&[file.to_str().unwrap(), "--nodecount", "5"]) else {
-        return;
-    };
+    let out = bin_report(&[file.to_str().unwrap(), "--nodecount", "5"]);
     assert!(
         out.status.success(),
         "{}",
@@ -914,7 +1018,7 @@ fn binary_report_prints_top_and_fails_cleanly() {
 
     let dir = tempfile::tempdir().unwrap();
     for (path, why) in bad_inputs(dir.path()) {
-        let out = bin_report(&[path.to_str().unwrap()]).unwrap();
+        let out = bin_report(&[path.to_str().unwrap()]);
         assert!(!out.status.success(), "{why}: succeeded");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(path.to_str().unwrap()), "{why}: {stderr}");
@@ -926,9 +1030,7 @@ fn binary_report_prints_top_and_fails_cleanly() {
 #[test]
 fn binary_report_collapsed_and_traces() {
     let file = fixture("go-heap.pb.gz");
-    let Some(out) = bin_report(&[file.to_str().unwrap(), "--collapsed"]) else {
-        return;
-    };
+    let out = bin_report(&[file.to_str().unwrap(), "--collapsed"]);
     assert!(out.status.success());
     let profile = pprof::read_file(&file).unwrap();
     let mut expected = Vec::new();
@@ -940,16 +1042,14 @@ fn binary_report_collapsed_and_traces() {
         "--traces",
         "--sample-index",
         "alloc_space",
-    ])
-    .unwrap();
+    ]);
     assert!(out.status.success());
-    if let Some(theirs) = pprof_output(&["-traces", "-sample_index=alloc_space"], &file) {
-        assert_same(
-            "binary --traces",
-            &String::from_utf8(out.stdout).unwrap(),
-            &theirs,
-        );
-    }
+    let theirs = pprof_output(&["-traces", "-sample_index=alloc_space"], &file);
+    assert_same(
+        "binary --traces",
+        &String::from_utf8(out.stdout).unwrap(),
+        &theirs,
+    );
 }
 
 /// A random profile with many ties, shared names, recursion, inlining,
@@ -1062,9 +1162,6 @@ fn random_profile(rng: &mut XorShift) -> Profile {
 
 #[test]
 fn top_matches_pprof_on_random_profiles() {
-    if go().is_none() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let mut rng = XorShift(0x2545f4914f6cdd1d);
     // More rounds for a thorough run: REPORT_RANDOM_ROUNDS=500.
@@ -1091,8 +1188,7 @@ fn top_matches_pprof_on_random_profiles() {
         }
         compare_top(&file, &cases);
         let ours = report::traces(&p, &Options::default()).unwrap();
-        if let Some(theirs) = pprof_output(&["-traces"], &file) {
-            assert_same(&format!("random{i} -traces"), &ours, &theirs);
-        }
+        let theirs = pprof_output(&["-traces"], &file);
+        assert_same(&format!("random{i} -traces"), &ours, &theirs);
     }
 }

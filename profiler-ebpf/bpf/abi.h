@@ -57,10 +57,18 @@ struct rprof_sample {
 	char comm[RPROF_COMM_LEN]; /* thread name */
 	__u64 user_stack[RPROF_MAX_FRAMES];
 	__u64 kernel_stack[RPROF_MAX_FRAMES];
+	/*
+	 * RPROF_STATE_*: what the thread was doing. The off-CPU programs
+	 * (offcpu.h) set `period` to the weight in ns and `time_ns` to when the
+	 * wait (or the swept piece of it) ended.
+	 */
+	__u32 state;
+	/* The syscall the thread blocked in (orig_rax at its exit), else -1. */
+	__s32 syscall;
 };
 
 /* Layout facts the Rust mirror asserts too. */
-_Static_assert(sizeof(struct rprof_sample) == 72 + 2 * 8 * RPROF_MAX_FRAMES,
+_Static_assert(sizeof(struct rprof_sample) == 80 + 2 * 8 * RPROF_MAX_FRAMES,
 	       "rprof_sample size changed: update profiler-ebpf/src/abi.rs");
 _Static_assert(__builtin_offsetof(struct rprof_sample, comm) == 56,
 	       "rprof_sample.comm moved: update profiler-ebpf/src/abi.rs");
@@ -134,10 +142,26 @@ _Static_assert(sizeof(struct rprof_proc_map) == 40, "rprof_proc_map must stay 40
 /* A frame-pointer step gave a return address in no executable mapping of
  * the process (garbage: rbp was not a frame pointer there); the walk ended
  * before it and the address is not in the stack. */
-#define RPROF_FLAG_FP_TRUNCATED     (1u << 4)
+#define RPROF_FLAG_FP_TRUNCATED     (1u << 6)
 /* The walk stopped because a table's rows were being replaced (see
  * RPROF_ROW_GEN); the frames before are good. */
-#define RPROF_FLAG_STALE_TABLE      (1u << 5)
+#define RPROF_FLAG_STALE_TABLE      (1u << 7)
+
+/*
+ * Off-CPU (offcpu.h). rprof_sample.state: on CPU (a perf-event sample), a
+ * voluntary wait (the thread slept), or a preemption (runnable, waiting in
+ * the run queue).
+ */
+#define RPROF_STATE_ON_CPU   0
+#define RPROF_STATE_OFF_CPU  1
+#define RPROF_STATE_RUNQUEUE 2
+
+/* rprof_sample.flags, off-CPU records (bits 4 and 5; any record: 0-3, 6, 7) */
+#define RPROF_FLAG_SWEPT       (1u << 4) /* a still-blocked thread's wait so far, from the sweep */
+#define RPROF_FLAG_SINCE_START (1u << 5) /* blocked since before the capture: counted from its start */
+
+/* Per-CPU window of the off-CPU rate limit, in ns. */
+#define RPROF_OFFCPU_WINDOW_NS 100000000ull
 
 /* Names user space uses to find maps and globals in the object. */
 #define RPROF_MAP_SAMPLES "samples"
@@ -145,6 +169,12 @@ _Static_assert(sizeof(struct rprof_proc_map) == 40, "rprof_proc_map must stay 40
 #define RPROF_MAP_DROPS   "drops"
 #define RPROF_MAP_UNWIND_ROWS "unwind_rows"
 #define RPROF_MAP_PROCS       "unwind_procs"
+#define RPROF_MAP_OFFCPU_EPOCH "offcpu_epoch" /* array[1] of u64: when the capture started (CLOCK_MONOTONIC ns) */
+#define RPROF_MAP_OFFCPU_DROPS "offcpu_drops" /* per-CPU u64: waits the rate limit did not record */
+#define RPROF_PROG_OFFCPU_SWITCH "rprof_offcpu_switch" /* tp_btf/sched_switch */
+#define RPROF_PROG_OFFCPU_EXIT   "rprof_offcpu_sys_exit" /* tp_btf/sys_exit */
+#define RPROF_PROG_OFFCPU_SWEEP  "rprof_offcpu_sweep" /* iter.s/task */
+/* .rodata globals of offcpu.h: offcpu_period_ns, offcpu_budget. */
 /* .rodata globals the loader sets: filter_pids, self_tgid, capture_kernel, wakeup_bytes, dwarf_unwind, fp_fallback. */
 
 #endif /* RPROF_ABI_H */

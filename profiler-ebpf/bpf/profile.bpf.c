@@ -94,9 +94,17 @@ struct rprof_frames {
 	__u64 pc[RPROF_MAX_FRAMES];
 };
 
+/*
+ * One slot per program that unwinds (UNWIND_SLOT_*): a perf-event sample
+ * can interrupt the off-CPU sys_exit program mid-unwind on the same CPU.
+ */
+#define UNWIND_SLOT_PERF   0
+#define UNWIND_SLOT_SWITCH 1
+#define UNWIND_SLOT_EXIT   2
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, struct rprof_frames);
 } unwind_scratch SEC(".maps");
@@ -112,6 +120,7 @@ struct unwind_state {
 	__u32 leaf_fp; /* the leaf frame was unwound with frame pointers */
 	__u32 fp_truncated; /* a frame-pointer step led nowhere mapped */
 	__u32 stale;   /* a table was being replaced under us */
+	__u32 slot;    /* UNWIND_SLOT_* of unwind_scratch */
 };
 
 /*
@@ -197,8 +206,7 @@ static __always_inline int table_is_current(__u32 first, __u32 gen)
 static long unwind_step(__u32 i, void *ctx)
 {
 	struct unwind_state *st = ctx;
-	__u32 zero = 0;
-	struct rprof_frames *out = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	struct rprof_frames *out = bpf_map_lookup_elem(&unwind_scratch, &st->slot);
 	struct rprof_proc_info *proc = bpf_map_lookup_elem(&unwind_procs, &st->pid);
 	__u32 d = st->depth;
 
@@ -288,12 +296,12 @@ static long unwind_step(__u32 i, void *ctx)
  * Unwinds the current task's user stack with the tables into s->user_stack.
  * Returns the number of frames, or -1 if this process has no tables.
  */
-static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid)
+static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid, __u32 slot)
 {
 	if (!dwarf_unwind || !bpf_map_lookup_elem(&unwind_procs, &tgid))
 		return -1;
 
-	struct unwind_state st = { .pid = tgid };
+	struct unwind_state st = { .pid = tgid, .slot = slot };
 	user_regs(&st.ip, &st.sp, &st.bp);
 	/* Kernel threads have no user registers worth reading. */
 	if (!st.ip)
@@ -301,8 +309,7 @@ static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid)
 	__u64 sp0 = st.sp;
 	bpf_loop(RPROF_MAX_FRAMES, unwind_step, &st, 0);
 
-	__u32 zero = 0;
-	struct rprof_frames *out = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	struct rprof_frames *out = bpf_map_lookup_elem(&unwind_scratch, &slot);
 	__u32 n = st.depth;
 	if (!out || n == 0)
 		return 0;
@@ -325,56 +332,14 @@ static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid)
 }
 
 /*
- * The two task_struct fields we read. preserve_access_index makes clang
- * emit CO-RE relocations, which the loader resolves against the running
- * kernel's BTF: no kernel headers, and no fixed offsets.
+ * The current task's user stack into s (tables where the process has them,
+ * else bpf_get_stack's frame-pointer walk), with the word at its stack
+ * pointer for the leaf fix-up. `ctx` is the program's context.
  */
-struct task_struct {
-	__u64 start_time;
-	struct task_struct *group_leader;
-} __attribute__((preserve_access_index));
-
-/* The current process's start time (its main thread's), 0 if unreadable. */
-static __always_inline __u64 process_start_ns(void)
+static __always_inline void user_stack(void *ctx, struct rprof_sample *s, __u32 tgid, __u32 slot)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	return BPF_CORE_READ(task, group_leader, start_time);
-}
-
-SEC("perf_event")
-int rprof_sample_stack(struct bpf_perf_event_data *ctx)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32;
-	__u32 tid = (__u32)id;
-
-	/* The idle task, where nothing of the user's runs; and ourselves, whose
-	 * own symbolization would otherwise dominate what we measure. */
-	if (tgid == 0 || tgid == self_tgid)
-		return 0;
-	if (filter_pids && !bpf_map_lookup_elem(&targets, &tgid))
-		return 0;
-
-	struct rprof_sample *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
-	if (!s) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&drops, &zero);
-		if (lost)
-			*lost += 1;
-		return 0;
-	}
-
-	s->pid = tgid;
-	s->tid = tid;
-	s->cpu = bpf_get_smp_processor_id();
-	s->flags = 0;
-	s->time_ns = bpf_ktime_get_ns();
-	s->period = ctx->sample_period;
-	s->start_ns = process_start_ns();
-	bpf_get_current_comm(s->comm, sizeof(s->comm));
-
 	s->user_sp_word = 0;
-	long n = unwind_user(s, tgid);
+	long n = unwind_user(s, tgid, slot);
 	if (n >= 0) {
 		s->user_frames = n;
 	} else {
@@ -397,10 +362,71 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 		if (bpf_probe_read_user(&s->user_sp_word, sizeof(s->user_sp_word), (void *)sp) < 0)
 			s->user_sp_word = 0;
 	}
+}
+
+/*
+ * The two task_struct fields we read. preserve_access_index makes clang
+ * emit CO-RE relocations, which the loader resolves against the running
+ * kernel's BTF: no kernel headers, and no fixed offsets.
+ */
+struct task_struct {
+	__u64 start_time;
+	struct task_struct *group_leader;
+} __attribute__((preserve_access_index));
+
+/* The current process's start time (its main thread's), 0 if unreadable. */
+static __always_inline __u64 process_start_ns(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	return BPF_CORE_READ(task, group_leader, start_time);
+}
+
+/* A record the full ring buffer could not take. */
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&drops, &zero);
+
+	if (lost)
+		*lost += 1;
+}
+
+SEC("perf_event")
+int rprof_sample_stack(struct bpf_perf_event_data *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	__u32 tid = (__u32)id;
+
+	/* The idle task, where nothing of the user's runs; and ourselves, whose
+	 * own symbolization would otherwise dominate what we measure. */
+	if (tgid == 0 || tgid == self_tgid)
+		return 0;
+	if (filter_pids && !bpf_map_lookup_elem(&targets, &tgid))
+		return 0;
+
+	struct rprof_sample *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
+	if (!s) {
+		count_lost();
+		return 0;
+	}
+
+	s->pid = tgid;
+	s->tid = tid;
+	s->cpu = bpf_get_smp_processor_id();
+	s->flags = 0;
+	s->time_ns = bpf_ktime_get_ns();
+	s->period = ctx->sample_period;
+	s->start_ns = process_start_ns();
+	bpf_get_current_comm(s->comm, sizeof(s->comm));
+
+	s->state = RPROF_STATE_ON_CPU;
+	s->syscall = -1;
+	user_stack(ctx, s, tgid, UNWIND_SLOT_PERF);
 
 	s->kernel_frames = 0;
 	if (capture_kernel) {
-		n = bpf_get_stack(ctx, s->kernel_stack, sizeof(s->kernel_stack), 0);
+		long n = bpf_get_stack(ctx, s->kernel_stack, sizeof(s->kernel_stack), 0);
 		if (n < 0) {
 			s->flags |= RPROF_FLAG_KERNEL_STACK_ERR;
 			n = 0;
@@ -414,3 +440,9 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 	bpf_ringbuf_submit(s, flags);
 	return 0;
 }
+
+/*
+ * The off-CPU programs share this object's maps (one ring buffer, the pid
+ * filter, the unwind tables): aya cannot share maps between objects.
+ */
+#include "offcpu.h"

@@ -21,13 +21,40 @@ pub const FLAG_DWARF_UNWOUND: u32 = 1 << 2;
 pub const FLAG_REACHED_ROOT: u32 = 1 << 3;
 /// A frame-pointer step gave a return address in no executable mapping:
 /// the walk ended before it, without it.
-pub const FLAG_FP_TRUNCATED: u32 = 1 << 4;
+pub const FLAG_FP_TRUNCATED: u32 = 1 << 6;
 /// The walk stopped because a table's rows were being replaced.
-pub const FLAG_STALE_TABLE: u32 = 1 << 5;
+pub const FLAG_STALE_TABLE: u32 = 1 << 7;
 
 /// Marks a table's header row: its `pc` is `ROW_GEN | gen`
 /// (`RPROF_ROW_GEN`; see [`ProcMap::gen`]).
 pub const ROW_GEN: u64 = 1 << 63;
+
+/// [`Sample::state`]: a perf-event sample, on CPU.
+pub const STATE_ON_CPU: u32 = 0;
+/// [`Sample::state`]: a voluntary wait (the thread slept).
+pub const STATE_OFF_CPU: u32 = 1;
+/// [`Sample::state`]: preempted, runnable, waiting in the run queue.
+pub const STATE_RUNQUEUE: u32 = 2;
+/// A still-blocked thread's wait so far, from the sweep.
+pub const FLAG_SWEPT: u32 = 1 << 4;
+/// Blocked since before the capture: counted from its start.
+pub const FLAG_SINCE_START: u32 = 1 << 5;
+/// Per-CPU window of the off-CPU rate limit, ns.
+pub const OFFCPU_WINDOW_NS: u64 = 100_000_000;
+/// Array of one u64: when the capture started (CLOCK_MONOTONIC ns).
+pub const MAP_OFFCPU_EPOCH: &str = "offcpu_epoch";
+/// Per-CPU count of waits the off-CPU rate limit did not record.
+pub const MAP_OFFCPU_DROPS: &str = "offcpu_drops";
+/// `tp_btf/sched_switch` program.
+pub const PROG_OFFCPU_SWITCH: &str = "rprof_offcpu_switch";
+/// `tp_btf/sys_exit` program.
+pub const PROG_OFFCPU_EXIT: &str = "rprof_offcpu_sys_exit";
+/// `iter.s/task` program: the sweep of still-blocked threads.
+pub const PROG_OFFCPU_SWEEP: &str = "rprof_offcpu_sweep";
+/// `.rodata` global (u64): the off-CPU sampling period P in ns.
+pub const GLOBAL_OFFCPU_PERIOD: &str = "offcpu_period_ns";
+/// `.rodata` global (u32): records and unwinds per CPU per window.
+pub const GLOBAL_OFFCPU_BUDGET: &str = "offcpu_budget";
 
 /// Default capacity of the shared unwind-row array (`RPROF_MAX_UNWIND_ROWS`).
 pub const MAX_UNWIND_ROWS: u32 = 1 << 19;
@@ -141,6 +168,11 @@ pub struct Sample {
     pub comm: [u8; COMM_LEN],
     pub user_stack: [u64; MAX_FRAMES],
     pub kernel_stack: [u64; MAX_FRAMES],
+    /// One of the `STATE_*` constants. Off-CPU records carry their weight
+    /// (ns) in `period` and the end of the wait in `time_ns`.
+    pub state: u32,
+    /// The syscall an off-CPU wait blocked in, else -1.
+    pub syscall: i32,
 }
 
 impl Sample {
@@ -196,7 +228,7 @@ mod tests {
 int main(void) {
     printf("size %zu\n", sizeof(struct rprof_sample));
     F(pid); F(tid); F(cpu); F(flags); F(time_ns); F(period); F(start_ns); F(user_sp_word);
-    F(user_frames); F(kernel_frames); F(comm); F(user_stack); F(kernel_stack);
+    F(user_frames); F(kernel_frames); F(comm); F(user_stack); F(kernel_stack); F(state); F(syscall);
     printf("MAX_FRAMES %d\nCOMM_LEN %d\nMAX_TARGETS %d\n", RPROF_MAX_FRAMES, RPROF_COMM_LEN, RPROF_MAX_TARGETS);
     printf("FLAG_USER_STACK_ERR %u\nFLAG_KERNEL_STACK_ERR %u\n", RPROF_FLAG_USER_STACK_ERR, RPROF_FLAG_KERNEL_STACK_ERR);
     printf("MAP_SAMPLES %s\nMAP_TARGETS %s\nMAP_DROPS %s\n", RPROF_MAP_SAMPLES, RPROF_MAP_TARGETS, RPROF_MAP_DROPS);
@@ -208,6 +240,9 @@ int main(void) {
     printf("row %zu %zu %zu %zu %zu\n", sizeof(struct rprof_unwind_row), offsetof(struct rprof_unwind_row, pc), offsetof(struct rprof_unwind_row, cfa_offset), offsetof(struct rprof_unwind_row, rbp_offset), offsetof(struct rprof_unwind_row, cfa_reg));
     printf("map %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct rprof_proc_map), offsetof(struct rprof_proc_map, start), offsetof(struct rprof_proc_map, end), offsetof(struct rprof_proc_map, offset), offsetof(struct rprof_proc_map, row_start), offsetof(struct rprof_proc_map, row_count), offsetof(struct rprof_proc_map, gen));
     printf("proc %zu %zu %zu\n", sizeof(struct rprof_proc_info), offsetof(struct rprof_proc_info, count), offsetof(struct rprof_proc_info, maps));
+    printf("STATE %d %d %d\n", RPROF_STATE_ON_CPU, RPROF_STATE_OFF_CPU, RPROF_STATE_RUNQUEUE);
+    printf("OFFCPU_FLAGS %u %u %llu\n", RPROF_FLAG_SWEPT, RPROF_FLAG_SINCE_START, RPROF_OFFCPU_WINDOW_NS);
+    printf("OFFCPU_NAMES %s %s %s %s %s\n", RPROF_MAP_OFFCPU_EPOCH, RPROF_MAP_OFFCPU_DROPS, RPROF_PROG_OFFCPU_SWITCH, RPROF_PROG_OFFCPU_EXIT, RPROF_PROG_OFFCPU_SWEEP);
     return 0;
 }
 "#,
@@ -244,6 +279,8 @@ int main(void) {
             ("comm", offset_of!(Sample, comm).to_string()),
             ("user_stack", offset_of!(Sample, user_stack).to_string()),
             ("kernel_stack", offset_of!(Sample, kernel_stack).to_string()),
+            ("state", offset_of!(Sample, state).to_string()),
+            ("syscall", offset_of!(Sample, syscall).to_string()),
             ("MAX_FRAMES", MAX_FRAMES.to_string()),
             ("COMM_LEN", COMM_LEN.to_string()),
             ("MAX_TARGETS", MAX_TARGETS.to_string()),
@@ -299,6 +336,18 @@ int main(void) {
                     offset_of!(ProcInfo, maps)
                 ),
             ),
+            (
+                "STATE",
+                format!("{STATE_ON_CPU} {STATE_OFF_CPU} {STATE_RUNQUEUE}"),
+            ),
+            (
+                "OFFCPU_FLAGS",
+                format!("{FLAG_SWEPT} {FLAG_SINCE_START} {OFFCPU_WINDOW_NS}"),
+            ),
+            (
+                "OFFCPU_NAMES",
+                format!("{MAP_OFFCPU_EPOCH} {MAP_OFFCPU_DROPS} {PROG_OFFCPU_SWITCH} {PROG_OFFCPU_EXIT} {PROG_OFFCPU_SWEEP}"),
+            ),
         ];
         let expected: String = rust.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
         assert_eq!(c, expected);
@@ -331,6 +380,27 @@ int main(void) {
             fresh == committed,
             "bpf/profile.bpf.o is stale: run `cargo xtask bpf` and commit the result"
         );
+    }
+
+    /// Every record's flags, the off-CPU ones included: one bit each.
+    #[test]
+    fn flag_bits_are_distinct() {
+        let flags = [
+            FLAG_USER_STACK_ERR,
+            FLAG_KERNEL_STACK_ERR,
+            FLAG_DWARF_UNWOUND,
+            FLAG_REACHED_ROOT,
+            FLAG_FP_TRUNCATED,
+            FLAG_STALE_TABLE,
+            FLAG_SWEPT,
+            FLAG_SINCE_START,
+        ];
+        let all = flags.iter().fold(0u32, |acc, f| {
+            assert_eq!(f.count_ones(), 1, "{f:#x}");
+            assert_eq!(acc & f, 0, "{f:#x} is used twice");
+            acc | f
+        });
+        assert_eq!(all.count_ones() as usize, flags.len());
     }
 
     #[test]

@@ -265,6 +265,8 @@ fn templates(pid: u32, rng: &mut Rng) -> Option<Proc> {
                 comm,
                 user_stack: [0; MAX_FRAMES],
                 kernel_stack: [0; MAX_FRAMES],
+                state: 0,
+                syscall: -1,
             };
             let depth = 16 + rng.below(25) as usize;
             for slot in s.user_stack.iter_mut().take(depth) {

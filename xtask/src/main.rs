@@ -6,7 +6,8 @@
 //! - `cargo xtask fuzz [--seconds N] [--replay] [TARGET...]`: the fuzz
 //!   targets in `fuzz/` (see `fuzz.rs`).
 //! - `cargo xtask bench [--quick]`: run the benchmarks, write BENCHMARKS.md
-//!   (`--agent-only [--agent-seconds N]`: only the node agent's cost, printed).
+//!   (`--agent-only [--agent-seconds N]`: only the node agent's cost, printed;
+//!   `--offcpu-only`: only the off-CPU storm).
 
 mod bench;
 mod deps;
@@ -38,7 +39,7 @@ fn run() -> Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask <bpf|deps|test|bench [--quick] [--agent-only] [--agent-seconds N] [--big-tables-only]|fuzz [--seconds N] [--replay] [TARGET...]>"
+            "usage: cargo xtask <bpf|deps|test|bench [--quick] [--agent-only] [--ui-only] [--offcpu-only] [--engine-only] [--big-tables-only] [--agent-seconds N]|fuzz [--seconds N] [--replay] [TARGET...]>"
         ),
     }
 }
@@ -85,6 +86,7 @@ fn test() -> Result<()> {
         &["test", "--workspace", "--", "--test-threads=1"],
     ];
     let (mut passed, mut failed) = (0u64, 0u64);
+    let mut skipped = Skipped::default();
     for step in steps {
         println!("xtask: cargo {}", step.join(" "));
         let mut child = Command::new(&cargo)
@@ -99,6 +101,7 @@ fn test() -> Result<()> {
             for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok)
             {
                 println!("{line}");
+                skipped.see(&line);
                 if let Some(rest) = line.strip_prefix("test result: ") {
                     let count = |word: &str| -> u64 {
                         rest.split(';')
@@ -113,16 +116,71 @@ fn test() -> Result<()> {
         }
         let status = child.wait().context("waiting for cargo")?;
         if !status.success() {
-            println!("{passed} passed, {failed} failed");
+            skipped.print_closing_line(passed, failed);
             bail!("cargo {} failed", step.join(" "));
         }
     }
     if let Err(e) = fuzz::smoke() {
-        println!("{passed} passed, {} failed", failed + 1);
+        skipped.print_closing_line(passed, failed + 1);
         return Err(e);
     }
     passed += fuzz::TARGETS.len() as u64;
     // One closing line for whoever reads the log last.
-    println!("{passed} passed, {failed} failed");
+    skipped.print_closing_line(passed, failed);
     Ok(())
+}
+
+/// Tests that could not (wholly) run on this machine: each says so in a
+/// `SKIPPED: TEST: REASON` line of its own (tests/harness `skipped`), which
+/// its test binary writes past libtest's output capture.
+#[derive(Default)]
+struct Skipped {
+    tests: std::collections::BTreeSet<String>,
+}
+
+impl Skipped {
+    fn see(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("SKIPPED: ") {
+            let test = rest.split_once(": ").map_or(rest, |(t, _)| t);
+            self.tests.insert(test.to_owned());
+        }
+    }
+
+    /// Names the skipped tests, then prints `N passed, N failed, N skipped`
+    /// as the last line. libtest counted a skipped test as passed; here it
+    /// counts as skipped only.
+    fn print_closing_line(&self, passed: u64, failed: u64) {
+        for t in &self.tests {
+            println!("xtask: skipped: {t}");
+        }
+        let skipped = self.tests.len() as u64;
+        println!(
+            "{} passed, {failed} failed, {skipped} skipped",
+            passed.saturating_sub(skipped)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_lines_are_counted_once_per_test() {
+        let mut s = Skipped::default();
+        for line in [
+            "test cycles_event_or_clear_fallback ... ",
+            "SKIPPED: cycles_event_or_clear_fallback: no cycles PMU",
+            "ok",
+            "SKIPPED: cycles_event_or_clear_fallback: again",
+            "SKIPPED: other: no cgroup2",
+            "note: SKIPPED: not at the start of a line",
+        ] {
+            s.see(line);
+        }
+        assert_eq!(
+            s.tests.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["cycles_event_or_clear_fallback", "other"]
+        );
+    }
 }

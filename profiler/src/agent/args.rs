@@ -25,6 +25,10 @@ pub struct AgentArgs {
     /// Capture user stacks only, no kernel frames.
     #[arg(long)]
     pub user_only: bool,
+    /// Also record where threads wait off CPU (scheduler tracepoints), for
+    /// `event=off-cpu` and `event=wall` profiles.
+    #[arg(long)]
+    pub off_cpu: bool,
     /// How long samples stay in memory (e.g. 120s, 5m).
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub retain: Duration,

@@ -11,19 +11,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use profiler_ebpf::abi::Sample;
-
-use crate::process::events::ProcEvent;
-
 use super::labels::Kubelet;
 use super::shared::Shared;
 use crate::capture::clock::mono_now;
-use crate::capture::{CaptureStats, Sink, StopReason};
+use crate::capture::{CaptureStats, StopReason};
 use crate::engine::identity::lock;
 use crate::engine::ingest::{Ingest, Ingested, Labeler, Normalized};
 use crate::engine::store::window::Window;
 use crate::engine::store::{Added, StackId, Store};
-use crate::engine::Engine;
+use crate::engine::{Driven, Engine, FrontEnd};
 use crate::process::container::Labels;
 
 /// How often binaries no process or stack needs are closed.
@@ -54,27 +50,33 @@ impl Labeler for KubeLabeler {
     }
 }
 
-/// The capture's sink.
-pub struct AgentSink {
-    engine: Engine<SharedWindow>,
+/// What the agent does at each tick: expire the window, publish gauges,
+/// signal how far the window is complete, and now and then close binaries.
+pub struct AgentTick {
     shared: Arc<Shared>,
     last_prune: Instant,
 }
 
-impl AgentSink {
-    pub fn new(mut ingest: Ingest, shared: Arc<Shared>) -> AgentSink {
-        ingest.reset_leaf_every(LEAF_RESET);
-        AgentSink {
-            engine: Engine::new(ingest, SharedWindow(shared.clone())),
+/// The capture's sink: the engine feeding the shared window.
+pub type AgentSink = Driven<SharedWindow, AgentTick>;
+
+/// The sink for `ingest` and the shared state.
+pub fn sink(mut ingest: Ingest, shared: Arc<Shared>) -> AgentSink {
+    ingest.reset_leaf_every(LEAF_RESET);
+    Driven {
+        engine: Engine::new(ingest, SharedWindow(shared.clone())),
+        front: AgentTick {
             shared,
             last_prune: Instant::now(),
-        }
+        },
     }
+}
 
+impl AgentTick {
     /// Publishes what `/metrics` reads from the capture and ingest.
-    fn publish(&self, stats: &CaptureStats, capped: u64) {
+    fn publish(&self, ingest: &Ingest, stats: &CaptureStats, capped: u64) {
         let c = &self.shared.counters;
-        let i = self.engine.ingest.stats();
+        let i = ingest.stats();
         c.set_capture(stats.samples, stats.lost);
         c.live_processes_gauge.store(i.live, Ordering::Relaxed);
         c.open_binaries_gauge
@@ -87,31 +89,26 @@ impl AgentSink {
     }
 }
 
-impl Sink for AgentSink {
-    fn sample(&mut self, s: &Sample) {
-        self.engine.add(s);
-    }
-
-    fn event(&mut self, e: &ProcEvent) {
-        self.engine.event(e);
-    }
-
-    fn tick(&mut self, stats: &CaptureStats) -> ControlFlow<StopReason> {
-        let _ = self.engine.tick(stats);
+impl FrontEnd<SharedWindow> for AgentTick {
+    fn tick(
+        &mut self,
+        engine: &mut Engine<SharedWindow>,
+        stats: &CaptureStats,
+    ) -> ControlFlow<StopReason> {
         let now = mono_now();
         let capped = {
             let mut w = lock(&self.shared.window);
             w.expire(now);
             w.capped()
         };
-        self.publish(stats, capped);
+        self.publish(&engine.ingest, stats, capped);
         self.shared
             .drained
             .send_replace(Window::drained_through(now));
         self.shared.last_tick.store(now, Ordering::Relaxed);
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.last_prune = Instant::now();
-            let closed = self.engine.ingest.prune_binaries();
+            let closed = engine.ingest.prune_binaries();
             self.shared.sym.retire(closed);
         }
         ControlFlow::Continue(())

@@ -26,6 +26,7 @@ use tokio::sync::{watch, Semaphore};
 use super::metrics::{self, Counters};
 use super::shared::Shared;
 use crate::capture::clock::{mono_now, mono_to_unix_ns};
+use crate::capture::Event;
 use crate::engine::encode::{self, Header, LabelPolicy, ReadyStack};
 use crate::engine::identity::lock;
 use crate::engine::store::window::{Filter, ProcRow};
@@ -47,6 +48,17 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(MAX_SECONDS + 120);
 pub struct ProfileQuery {
     pub seconds: u64,
     pub target: Target,
+    /// `event=`: the sampling clock's CPU profile (`cpu`, the default),
+    /// or, with `--off-cpu`, `off-cpu` or `wall`.
+    pub kind: Kind,
+}
+
+/// Which profile a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Cpu,
+    OffCpu,
+    Wall,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,8 +78,17 @@ pub enum Target {
 pub fn parse_query(pairs: &[(String, String)]) -> Result<ProfileQuery, String> {
     let mut seconds = DEFAULT_SECONDS;
     let mut targets = Vec::new();
+    let mut kind = Kind::Cpu;
     for (k, v) in pairs {
         match k.as_str() {
+            "event" => {
+                kind = match v.trim() {
+                    "cpu" | "" => Kind::Cpu,
+                    "off-cpu" => Kind::OffCpu,
+                    "wall" => Kind::Wall,
+                    _ => return Err(format!("event={v:?}: expected cpu, off-cpu or wall")),
+                };
+            }
             "seconds" => {
                 seconds = v
                     .trim()
@@ -116,6 +137,7 @@ pub fn parse_query(pairs: &[(String, String)]) -> Result<ProfileQuery, String> {
     Ok(ProfileQuery {
         seconds,
         target: targets.pop().unwrap_or(Target::Node),
+        kind,
     })
 }
 
@@ -128,8 +150,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/debug/pprof/symbol", get(symbol_count).post(symbol_lookup))
+        .merge(super::goprofiles::routes())
         .layer(middleware::from_fn_with_state(shared.clone(), auth))
-        .with_state(shared)
+        .with_state(shared.clone())
+        // The browser UI (agent/ui.rs), behind the same token.
+        .merge(super::ui::router(shared))
 }
 
 /// Accepts connections until `stop` turns true.
@@ -213,7 +238,7 @@ async fn auth(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Respons
 }
 
 /// Compares without an early exit, so timing does not reveal a prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -248,6 +273,17 @@ async fn profile_handler(
         },
         Err(e) => return bad(format!("bad query string: {e}")),
     };
+    let event = match q.kind {
+        Kind::Cpu => s.event,
+        Kind::OffCpu => Event::OffCpu,
+        Kind::Wall => Event::Wall,
+    };
+    if event.off_cpu() && !s.off_cpu {
+        return bad(format!(
+            "event={}: this agent records no off-CPU waits; start it with --off-cpu",
+            event.name()
+        ));
+    }
     let not_found = |m: String| {
         Counters::inc(&s.counters.requests_not_found);
         text(StatusCode::NOT_FOUND, m)
@@ -321,27 +357,21 @@ async fn profile_handler(
     tokio::time::sleep(Duration::from_secs(q.seconds)).await;
     s.wait_drained(t1).await;
     let header = Header {
-        event: s.event,
+        event,
         frequency: s.frequency,
         start_unix_nanos: start_ns,
         duration_nanos: (t1 - t0) as i64,
-        command: format!("agent {what} seconds={}", q.seconds),
+        command: format!("agent {what} seconds={} event={}", q.seconds, event.name()),
         lost: s.lost().saturating_sub(lost0),
         truncated: 0,
         bpf_run_ns: 0,
         bpf_run_cnt: 0,
+        rate_limited: 0,
     };
-    let s2 = s.clone();
-    let job = s
-        .sym
-        .run(move |sym| {
-            s2.with_ready(sym, &filter, t0, t1, |ready, kernel| {
-                let stacks: Vec<&ReadyStack> = ready.iter().collect();
-                let p = encode::build(&stacks, &header, kernel, LabelPolicy::Node);
-                crate::pprof::encode_gzip(&p)
-            })
-        })
-        .await;
+    let job = build_profile(&s, filter, event, t0, t1, header, |p| {
+        crate::pprof::encode_gzip(&p)
+    })
+    .await;
     drop(pin);
     match job {
         Some(bytes) => {
@@ -366,6 +396,29 @@ async fn profile_handler(
     }
 }
 
+/// Builds the profile of what `filter` selects in `[t0, t1)` (monotonic
+/// ns) on the symbolizer thread and hands it to `f` there. None if that
+/// thread is gone.
+pub(super) async fn build_profile<R: Send + 'static>(
+    s: &Arc<Shared>,
+    filter: Filter,
+    event: Event,
+    t0: u64,
+    t1: u64,
+    header: Header,
+    f: impl FnOnce(crate::pprof::Profile) -> R + Send + 'static,
+) -> Option<R> {
+    let s2 = s.clone();
+    s.sym
+        .run(move |sym| {
+            s2.with_ready(sym, &filter, event, (t0, t1), |ready, kernel| {
+                let stacks: Vec<&ReadyStack> = ready.iter().collect();
+                f(encode::build(&stacks, &header, kernel, LabelPolicy::Node))
+            })
+        })
+        .await
+}
+
 /// Whether any running process is in a container whose ID starts with
 /// `prefix`: an idle container has no samples in the window but may still
 /// be profiled.
@@ -383,7 +436,7 @@ fn container_exists(prefix: &str) -> bool {
         })
 }
 
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -493,15 +546,11 @@ async fn symbol_lookup() -> Response {
     text(StatusCode::OK, "")
 }
 
+/// `ok` while every worker the agent depends on works (see `health`).
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    let age = mono_now().saturating_sub(s.last_tick.load(Ordering::Relaxed));
-    if age < 5_000_000_000 {
-        text(StatusCode::OK, "ok")
-    } else {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("capture loop stalled for {:.1}s", age as f64 / 1e9),
-        )
+    match s.health.check(s.last_tick.load(Ordering::Relaxed)) {
+        Ok(()) => text(StatusCode::OK, "ok"),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -521,16 +570,20 @@ mod tests {
             q(&[]).unwrap(),
             ProfileQuery {
                 seconds: 30,
-                target: Target::Node
+                target: Target::Node,
+                kind: Kind::Cpu,
             }
         );
         assert_eq!(
             q(&[("pid", "12"), ("seconds", "5")]).unwrap(),
             ProfileQuery {
                 seconds: 5,
-                target: Target::Pid(12)
+                target: Target::Pid(12),
+                kind: Kind::Cpu,
             }
         );
+        assert_eq!(q(&[("event", "wall")]).unwrap().kind, Kind::Wall);
+        assert_eq!(q(&[("event", "off-cpu")]).unwrap().kind, Kind::OffCpu);
         let id = "AB".repeat(32);
         assert_eq!(
             q(&[("container", &format!("containerd://{id}"))])
@@ -557,6 +610,7 @@ mod tests {
             vec![("pod", "noslash")],
             vec![("pod", "/x")],
             vec![("pid", "1"), ("pod", "a/b")],
+            vec![("event", "cycles")],
         ] {
             assert!(q(&bad).is_err(), "{bad:?}");
         }

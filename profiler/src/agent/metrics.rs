@@ -23,6 +23,8 @@ pub struct Counters {
     /// Times the parsed symbol tables and debug info were dropped for
     /// outgrowing their memory budget.
     pub symbolizer_resets: AtomicU64,
+    /// Binaries given up on because a symbolizer panicked on them.
+    pub unsymbolizable_binaries: AtomicU64,
     pub binaries_closed: AtomicU64,
     pub push_success: AtomicU64,
     pub push_failures: AtomicU64,
@@ -250,6 +252,12 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
     );
     ctr(
         &mut o,
+        "rprof_agent_unsymbolizable_binaries_total",
+        "Binaries whose frames stay unnamed because a symbolizer panicked on them.",
+        &c.unsymbolizable_binaries,
+    );
+    ctr(
+        &mut o,
         "rprof_agent_push_success_total",
         "Profiles accepted by the push backend.",
         &c.push_success,
@@ -405,30 +413,68 @@ pub fn rss_bytes(status_path: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// The page as (sample line's name with labels, value), in order.
+    fn samples(text: &str) -> Vec<(&str, &str)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.rsplit_once(' ').expect("a sample line is NAME VALUE"))
+            .collect()
+    }
+
     #[test]
     fn renders_every_family_once_with_values() {
         let c = Counters::default();
         Counters::inc(&c.push_success);
+        Counters::inc(&c.requests_throttled);
+        Counters::inc(&c.requests_throttled);
         let g = Gauges {
             samples: 42,
+            window_bytes_limit: 64 << 20,
             ..Gauges::default()
         };
         let text = render(&c, &g);
-        assert!(
-            text.contains("\nrprof_agent_samples_total 42\n")
-                || text.starts_with("# HELP rprof_agent_samples_total")
+        let values: std::collections::HashMap<&str, &str> = samples(&text).into_iter().collect();
+        assert_eq!(values["rprof_agent_samples_total"], "42", "{text}");
+        assert_eq!(values["rprof_agent_window_bytes_limit"], "67108864");
+        assert_eq!(values["rprof_agent_push_success_total"], "1");
+        assert_eq!(values["rprof_agent_push_failures_total"], "0");
+        assert_eq!(
+            values["rprof_agent_profile_requests_total{code=\"429\"}"],
+            "2"
         );
-        assert!(text.contains("rprof_agent_push_success_total 1\n"));
-        assert!(text.contains("rprof_agent_profile_requests_total{code=\"429\"} 0\n"));
-        let rss = text
-            .lines()
-            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
-            .unwrap();
-        assert!(rss.parse::<u64>().unwrap() > 0);
-        // Every TYPE line names a distinct family.
+        assert_eq!(
+            values["rprof_agent_profile_requests_total{code=\"200\"}"],
+            "0"
+        );
+        assert!(
+            values["process_resident_memory_bytes"]
+                .parse::<u64>()
+                .unwrap()
+                > 0
+        );
+        // Every sample line is a number.
+        for (name, v) in samples(&text) {
+            assert!(v.parse::<f64>().is_ok(), "{name} {v}");
+        }
+        // Every TYPE line names a distinct family, and every family has
+        // its HELP and TYPE right before its first sample.
         let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
         let n = types.len();
+        types.sort_unstable();
         types.dedup();
-        assert_eq!(types.len(), n);
+        assert_eq!(types.len(), n, "a family is rendered twice");
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("# TYPE "))
+        {
+            let family = l.split(' ').nth(2).unwrap();
+            assert!(
+                lines[i - 1].starts_with(&format!("# HELP {family} ")),
+                "{family}"
+            );
+            assert!(lines[i + 1].starts_with(family), "{family}");
+        }
     }
 }

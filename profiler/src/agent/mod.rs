@@ -25,6 +25,8 @@
 pub mod args;
 pub mod capture_loop;
 pub mod files;
+pub mod goprofiles;
+pub mod health;
 pub mod http;
 pub mod kubeapi;
 pub mod labels;
@@ -33,6 +35,7 @@ pub mod push;
 mod shared;
 mod start;
 pub mod symthread;
+mod ui;
 mod windows;
 
 pub use args::{parse_duration, parse_size, AgentArgs, UsageError};

@@ -32,7 +32,12 @@ pub struct Shared {
     pub drained: watch::Sender<u64>,
     /// Monotonic ns of the capture loop's last tick, for /healthz.
     pub last_tick: AtomicU64,
+    /// The other workers /healthz checks.
+    pub health: super::health::Health,
+    /// The sampling clock.
     pub event: Event,
+    /// Whether off-CPU waits are recorded (`--off-cpu`).
+    pub off_cpu: bool,
     pub frequency: u64,
     pub token: Option<String>,
     pub metrics_no_auth: bool,
@@ -51,15 +56,23 @@ impl Shared {
     /// Resolves the stacks matching `filter` in `[t0, t1)` and hands them,
     /// with the kernel's symbols, to `f` (which builds profiles). Runs on
     /// the symbolizer thread, which owns `sym`.
+    ///
+    /// `event` picks the stacks: on-CPU samples for the clock's events,
+    /// waits for `off-cpu`, both for `wall`.
     pub fn with_ready<R>(
         &self,
         sym: &mut SymState,
         filter: &Filter,
-        t0: u64,
-        t1: u64,
+        event: Event,
+        (t0, t1): (u64, u64),
         f: impl FnOnce(&[ReadyStack], Option<&Kallsyms>) -> R,
     ) -> R {
-        let selected = lock(&self.window).select(filter, t0, t1);
+        let mut selected = lock(&self.window).select(filter, t0, t1);
+        selected.retain(|s| match event {
+            Event::Wall => true,
+            Event::OffCpu => s.key.state.is_off_cpu(),
+            Event::CpuClock | Event::Cycles => !s.key.state.is_off_cpu(),
+        });
         let mut ready = Vec::with_capacity(selected.len());
         let mut pending = Vec::new();
         for s in selected {

@@ -9,7 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 
 use super::args::{AgentArgs, UsageError};
-use super::capture_loop::{AgentSink, KubeLabeler};
+use super::capture_loop::{self, KubeLabeler};
 use super::metrics::Counters;
 use super::push::{self, Pusher};
 use super::shared::Shared;
@@ -29,6 +29,11 @@ use crate::unwind::worker::TableWorker;
 /// times that covers a moment when its runtime is busy. Larger costs
 /// twice its size in RSS for nothing (the pages are mapped twice).
 const RING_MILLIS: u64 = 2000;
+
+/// How often threads still off CPU are swept into the window (with
+/// `--off-cpu`): a wait still going at the end of a request counts up to
+/// the last sweep.
+const OFFCPU_SWEEP: Duration = Duration::from_secs(1);
 
 /// How long a stopping agent keeps pushing queued profiles.
 const SHUTDOWN_PUSH_GRACE: Duration = Duration::from_secs(5);
@@ -65,6 +70,13 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<()> {
     };
     let headers = push_headers(&args.push_header)?;
     let kube_api = kube_api_config(args).map_err(UsageError)?;
+    if args.event.off_cpu() {
+        return Err(UsageError(format!(
+            "--event {}: the agent samples on cpu-clock or cycles; add --off-cpu and ask for event=off-cpu or event=wall per request",
+            args.event.name()
+        ))
+        .into());
+    }
     preflight::check_frequency(args.frequency).map_err(preflight_error)?;
     preflight::check_privileges().map_err(preflight_error)?;
     preflight::check_kernel().map_err(preflight_error)?;
@@ -181,6 +193,8 @@ async fn agent_main(
         unwind: args.unwind,
         unwind_rows: args.unwind_rows,
         process_events: true,
+        off_cpu: args.off_cpu,
+        sweep_every: args.off_cpu.then_some(OFFCPU_SWEEP),
     })?;
     let tables = match capture.take_unwinder().map(TableWorker::start) {
         Some(Ok(w)) => Some(w),
@@ -212,6 +226,7 @@ async fn agent_main(
         None => None,
     };
     let kube = Arc::new(Mutex::new(kube));
+    let health = super::health::Health::new();
     let shared = Arc::new(Shared {
         window: Mutex::new(Window::new(
             args.retain,
@@ -225,13 +240,17 @@ async fn agent_main(
                 parsed_memory: usize::try_from(args.symbolizer_memory).unwrap_or(usize::MAX),
             };
             let (kernel, c) = (!args.user_only, counters.clone());
-            SymThread::spawn(move || SymState::new(limits, kernel, c))
-                .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?
+            SymThread::spawn(health.symbolizer.clone(), move || {
+                SymState::new(limits, kernel, c)
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the symbolizer thread: {e}"))?
         },
         counters,
         drained: watch::channel(0).0,
         last_tick: AtomicU64::new(mono_now()),
+        health,
         event: capture.event,
+        off_cpu: args.off_cpu,
         frequency: args.frequency,
         token,
         metrics_no_auth: args.metrics_no_auth,
@@ -248,24 +267,28 @@ async fn agent_main(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(http::serve(listener, shared.clone(), stop_rx.clone()));
-    tokio::spawn(windows::janitor(shared.clone(), stop_rx.clone()));
+    let janitor = tokio::spawn(windows::janitor(shared.clone(), stop_rx.clone()));
+    shared.health.watch("janitor", janitor);
     if let Some(api) = kube_api {
         let s = shared.clone();
         let relabel = move || labels::relabel(&lock(&s.window).processes(), &s.kube);
-        tokio::spawn(kubeapi::refresher(api, relabel, stop_rx.clone()));
+        let refresher = tokio::spawn(kubeapi::refresher(api, relabel, stop_rx.clone()));
+        shared.health.watch("API-server refresher", refresher);
     }
     let windows = (shared.pusher.is_some() || shared.files.is_some()).then(|| {
-        tokio::spawn(windows::window_loop(
+        let task = tokio::spawn(windows::window_loop(
             shared.clone(),
             args.window,
             stop_rx.clone(),
-        ))
+        ));
+        shared.health.watch("window", task)
     });
     // Pushers stop last, after the final window is queued.
     let (push_stop_tx, push_stop_rx) = watch::channel(false);
     if let Some(p) = &shared.pusher {
         for _ in 0..push::WORKERS {
-            tokio::spawn(p.clone().worker(push_stop_rx.clone()));
+            let pusher = tokio::spawn(p.clone().worker(push_stop_rx.clone()));
+            shared.health.watch("push", pusher);
         }
     }
     tracing::info!(
@@ -286,7 +309,7 @@ async fn agent_main(
     if let Some(w) = tables {
         ingest.set_tables(w);
     }
-    let mut sink = AgentSink::new(ingest, shared.clone());
+    let mut sink = capture_loop::sink(ingest, shared.clone());
     let reason = capture.run_until(stop, &mut sink).await?;
     if let StopReason::Signal(sig) = reason {
         tracing::info!("rprof-bpf agent: {sig}: stopping");

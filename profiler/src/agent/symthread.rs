@@ -74,6 +74,8 @@ impl SymState {
         c.symbol_cache_evictions
             .store(s.evictions, Ordering::Relaxed);
         c.symbolizer_resets.store(s.resets, Ordering::Relaxed);
+        c.unsymbolizable_binaries
+            .store(s.unsymbolizable, Ordering::Relaxed);
     }
 }
 
@@ -87,15 +89,20 @@ pub struct SymThread {
 }
 
 impl SymThread {
-    /// Starts the thread; `make` builds the state there.
-    pub fn spawn(make: impl FnOnce() -> SymState + Send + 'static) -> std::io::Result<SymThread> {
+    /// Starts the thread; `make` builds the state there. `health` follows
+    /// its jobs and learns when it ends.
+    pub fn spawn(
+        health: Arc<super::health::Worker>,
+        make: impl FnOnce() -> SymState + Send + 'static,
+    ) -> std::io::Result<SymThread> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("rprof-symbolize".into())
             .spawn(move || {
+                let _dead_on_exit = health.dead_on_drop();
                 let mut sym = make();
                 while let Ok(job) = rx.recv() {
-                    job(&mut sym);
+                    health.job(|| job(&mut sym));
                 }
             })?;
         Ok(SymThread { tx })

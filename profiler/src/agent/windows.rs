@@ -65,78 +65,95 @@ fn window_job(shared: &Shared, sym: &mut SymState, t0: u64, t1: u64, lost: u64) 
         truncated: 0,
         bpf_run_ns: 0,
         bpf_run_cnt: 0,
+        rate_limited: 0,
     };
     let from = start_ns.div_euclid(1_000_000_000);
     let until = (start_ns + (t1 - t0) as i64)
         .div_euclid(1_000_000_000)
         .max(from + 1);
-    shared.with_ready(sym, &Filter::All, t0, t1, |ready, kernel| {
-        let mut by_proc: HashMap<ProcKey, Vec<&ReadyStack>> = HashMap::new();
-        for s in ready {
-            by_proc.entry(s.key.proc).or_default().push(s);
-        }
-        let per_container = shared.push_per == PushPer::Container;
-        for stacks in by_proc.values() {
-            let meta = &stacks[0].meta;
-            let needs = shared.files.is_some() || (shared.pusher.is_some() && !per_container);
-            if !needs {
-                continue;
+    shared.with_ready(
+        sym,
+        &Filter::All,
+        shared.event,
+        (t0, t1),
+        |ready, kernel| {
+            let mut by_proc: HashMap<ProcKey, Vec<&ReadyStack>> = HashMap::new();
+            for s in ready {
+                by_proc.entry(s.key.proc).or_default().push(s);
             }
-            let p = encode::build(
-                stacks,
-                &header(format!("window pid={} process={}", meta.pid(), meta.comm)),
-                kernel,
-                LabelPolicy::Node,
-            );
-            let bytes = crate::pprof::encode_gzip(&p);
-            if let Some(files) = &shared.files {
-                files.write(from, meta.pid(), &meta.comm, &bytes);
-            }
-            if let (Some(pusher), false) = (&shared.pusher, per_container) {
-                pusher.enqueue(push::Item {
-                    name: push::app_name(&[meta], PushPer::Process, shared.app_from, &shared.node),
-                    from,
-                    until,
-                    body: bytes,
-                });
-            }
-        }
-        if let (Some(pusher), true) = (&shared.pusher, per_container) {
-            // Container processes grouped by container; the rest alone.
-            let mut groups: HashMap<String, Vec<ProcKey>> = HashMap::new();
-            for (proc, stacks) in &by_proc {
-                let id = stacks[0].meta.labels().container_id.clone();
-                let key = if id.is_empty() {
-                    format!("pid:{}", proc.pid)
-                } else {
-                    id
-                };
-                groups.entry(key).or_default().push(*proc);
-            }
-            for (key, members) in groups {
-                let stacks: Vec<&ReadyStack> = members
-                    .iter()
-                    .flat_map(|p| by_proc.get(p).into_iter().flatten().copied())
-                    .collect();
-                let metas: Vec<&ProcMeta> = members
-                    .iter()
-                    .filter_map(|p| by_proc.get(p).map(|s| &*s[0].meta))
-                    .collect();
+            let per_container = shared.push_per == PushPer::Container;
+            for stacks in by_proc.values() {
+                let meta = &stacks[0].meta;
+                let needs = shared.files.is_some() || (shared.pusher.is_some() && !per_container);
+                if !needs {
+                    continue;
+                }
                 let p = encode::build(
-                    &stacks,
-                    &header(format!("window {key}")),
+                    stacks,
+                    &header(format!("window pid={} process={}", meta.pid(), meta.comm)),
                     kernel,
                     LabelPolicy::Node,
                 );
-                pusher.enqueue(push::Item {
-                    name: push::app_name(&metas, PushPer::Container, shared.app_from, &shared.node),
-                    from,
-                    until,
-                    body: crate::pprof::encode_gzip(&p),
-                });
+                let bytes = crate::pprof::encode_gzip(&p);
+                if let Some(files) = &shared.files {
+                    files.write(from, meta.pid(), &meta.comm, &bytes);
+                }
+                if let (Some(pusher), false) = (&shared.pusher, per_container) {
+                    pusher.enqueue(push::Item {
+                        name: push::app_name(
+                            &[meta],
+                            PushPer::Process,
+                            shared.app_from,
+                            &shared.node,
+                        ),
+                        from,
+                        until,
+                        body: bytes,
+                    });
+                }
             }
-        }
-    });
+            if let (Some(pusher), true) = (&shared.pusher, per_container) {
+                // Container processes grouped by container; the rest alone.
+                let mut groups: HashMap<String, Vec<ProcKey>> = HashMap::new();
+                for (proc, stacks) in &by_proc {
+                    let id = stacks[0].meta.labels().container_id.clone();
+                    let key = if id.is_empty() {
+                        format!("pid:{}", proc.pid)
+                    } else {
+                        id
+                    };
+                    groups.entry(key).or_default().push(*proc);
+                }
+                for (key, members) in groups {
+                    let stacks: Vec<&ReadyStack> = members
+                        .iter()
+                        .flat_map(|p| by_proc.get(p).into_iter().flatten().copied())
+                        .collect();
+                    let metas: Vec<&ProcMeta> = members
+                        .iter()
+                        .filter_map(|p| by_proc.get(p).map(|s| &*s[0].meta))
+                        .collect();
+                    let p = encode::build(
+                        &stacks,
+                        &header(format!("window {key}")),
+                        kernel,
+                        LabelPolicy::Node,
+                    );
+                    pusher.enqueue(push::Item {
+                        name: push::app_name(
+                            &metas,
+                            PushPer::Container,
+                            shared.app_from,
+                            &shared.node,
+                        ),
+                        from,
+                        until,
+                        body: crate::pprof::encode_gzip(&p),
+                    });
+                }
+            }
+        },
+    );
     if let Some(files) = &shared.files {
         files.rotate();
     }

@@ -18,6 +18,13 @@ pub enum Event {
     /// The hardware cycle counter (PMU). Weighs samples by cycles spent.
     #[value(name = "cycles")]
     Cycles,
+    /// Time off CPU by stack: voluntary waits and run-queue waits, from
+    /// the scheduler's switches (no perf event).
+    #[value(name = "off-cpu")]
+    OffCpu,
+    /// On-CPU samples (cpu-clock) and off-CPU waits in one time unit.
+    #[value(name = "wall")]
+    Wall,
 }
 
 impl Event {
@@ -26,13 +33,29 @@ impl Event {
         match self {
             Event::CpuClock => "cpu-clock",
             Event::Cycles => "cycles",
+            Event::OffCpu => "off-cpu",
+            Event::Wall => "wall",
         }
+    }
+
+    /// The perf event that samples threads on CPU, if this event has any.
+    pub fn clock(self) -> Option<Event> {
+        match self {
+            Event::CpuClock | Event::Wall => Some(Event::CpuClock),
+            Event::Cycles => Some(Event::Cycles),
+            Event::OffCpu => None,
+        }
+    }
+
+    /// Whether this event needs the off-CPU programs.
+    pub fn off_cpu(self) -> bool {
+        matches!(self, Event::OffCpu | Event::Wall)
     }
 
     fn config(self) -> PerfEventConfig {
         match self {
-            Event::CpuClock => PerfEventConfig::Software(SoftwareEvent::CpuClock),
             Event::Cycles => PerfEventConfig::Hardware(HardwareEvent::CpuCycles),
+            _ => PerfEventConfig::Software(SoftwareEvent::CpuClock),
         }
     }
 }

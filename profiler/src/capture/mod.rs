@@ -8,6 +8,7 @@
 
 pub mod clock;
 mod event;
+mod offcpu;
 
 pub use event::Event;
 
@@ -33,8 +34,14 @@ pub struct CaptureConfig {
     pub pids: Vec<u32>,
     /// Samples per second per CPU.
     pub frequency: u64,
-    /// The event that drives sampling.
+    /// The event that drives sampling (`off-cpu` and `wall` turn the
+    /// off-CPU programs on; `wall` also samples on the CPU clock).
     pub event: Event,
+    /// Turns the off-CPU programs on next to an on-CPU event (the agent).
+    pub off_cpu: bool,
+    /// Sweeps threads still off CPU this often (the agent), besides once
+    /// at the end of the capture.
+    pub sweep_every: Option<Duration>,
     /// Whether to capture kernel stacks too.
     pub kernel: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
@@ -142,6 +149,12 @@ pub struct CaptureStats {
     /// these statistics (`sysctl kernel.bpf_stats_enabled=1`); else zero.
     pub bpf_run_ns: u64,
     pub bpf_run_cnt: u64,
+    /// Waits the off-CPU rate limit did not record (their CPU's period
+    /// was raised; the weights of those recorded are scaled to match).
+    pub offcpu_rate_limited: u64,
+    /// Run time and count of the off-CPU scheduler program.
+    pub offcpu_run_ns: u64,
+    pub offcpu_run_cnt: u64,
 }
 
 /// A loaded (and, after [`Capture::attach`], attached) program and its
@@ -176,6 +189,11 @@ impl Capture {
         Ok(c)
     }
 
+    /// Whether the off-CPU programs run.
+    fn off_cpu(&self) -> bool {
+        self.config.off_cpu || self.config.event.off_cpu()
+    }
+
     /// Loads the program and its maps without attaching it, so that unwind
     /// tables can be loaded before the first sample.
     pub fn load(config: CaptureConfig) -> Result<Capture, CaptureError> {
@@ -194,7 +212,14 @@ impl Capture {
         // EbpfLoader::new() reads the kernel's BTF, which the program's
         // CO-RE relocations (the task_struct fields behind a sample's
         // process start time) are resolved against.
+        let period = 1_000_000_000 / config.frequency.max(1);
+        let budget = offcpu::BUDGET_PER_WINDOW;
         let mut bpf = EbpfLoader::new()
+            // The off-CPU task storage maps: aya creates them but has no
+            // handle type for them (only the BPF side uses them).
+            .allow_unsupported_maps()
+            .override_global(abi::GLOBAL_OFFCPU_PERIOD, &period, true)
+            .override_global(abi::GLOBAL_OFFCPU_BUDGET, &budget, true)
             .override_global(abi::GLOBAL_FILTER_PIDS, &filter, true)
             .override_global(abi::GLOBAL_SELF_TGID, &std::process::id(), true)
             .override_global(abi::GLOBAL_CAPTURE_KERNEL, &kernel, true)
@@ -247,6 +272,9 @@ impl Capture {
             .map_err(|e| CaptureError::Load(root_cause(&e)))?;
         prog.load()
             .map_err(|e| CaptureError::Load(root_cause(&e)))?;
+        if config.off_cpu || config.event.off_cpu() {
+            offcpu::load(&mut bpf)?;
+        }
 
         let events = config.process_events.then(open_events).flatten();
         Ok(Capture {
@@ -272,7 +300,24 @@ impl Capture {
             .map_err(|e| CaptureError::Load(root_cause(&e)))?;
         let cpus = aya::util::online_cpus()
             .map_err(|(path, e)| CaptureError::Cpus(format!("{path}: {e}")))?;
-        self.event = event::attach_all(prog, self.config.event, self.config.frequency, &cpus)?;
+        if let Some(clock) = self.config.event.clock() {
+            let used = event::attach_all(prog, clock, self.config.frequency, &cpus)?;
+            if used != clock {
+                self.event = used;
+            }
+        }
+        if self.off_cpu() {
+            offcpu::attach(&mut self.bpf)?;
+        }
+        Ok(())
+    }
+
+    /// Sends a record of every target thread still off CPU (see
+    /// `offcpu.h`); the next drain reads them.
+    pub fn sweep(&mut self) -> Result<(), CaptureError> {
+        if self.off_cpu() {
+            offcpu::sweep(&mut self.bpf)?;
+        }
         Ok(())
     }
 
@@ -295,6 +340,7 @@ impl Capture {
         let mut tick = interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(stop);
+        let mut last_sweep = std::time::Instant::now();
 
         let reason = loop {
             tokio::select! {
@@ -307,8 +353,15 @@ impl Capture {
                 _ = tick.tick() => {
                     // Records are queued without waking us (see wakeup_bytes
                     // in the BPF program), so the tick is what reads them.
+                    if self.config.sweep_every.is_some_and(|e| last_sweep.elapsed() >= e) {
+                        last_sweep = std::time::Instant::now();
+                        if let Err(e) = self.sweep() {
+                            tracing::warn!("{e}");
+                        }
+                    }
                     self.drain(sink);
                     self.stats.lost = self.read_lost();
+                    self.stats.offcpu_rate_limited = offcpu::rate_limited(&self.bpf);
                     if let ControlFlow::Break(r) = sink.tick(&self.stats) {
                         break r;
                     }
@@ -316,10 +369,20 @@ impl Capture {
                 r = &mut stop => break r,
             }
         };
-        (self.stats.bpf_run_ns, self.stats.bpf_run_cnt) = self.read_run_stats();
+        (self.stats.bpf_run_ns, self.stats.bpf_run_cnt) =
+            self.read_run_stats(profiler_ebpf::PROGRAM);
+        if self.off_cpu() {
+            (self.stats.offcpu_run_ns, self.stats.offcpu_run_cnt) =
+                self.read_run_stats(abi::PROG_OFFCPU_SWITCH);
+            // Threads still off CPU count up to now, with their stacks.
+            if let Err(e) = self.sweep() {
+                tracing::warn!("{e}");
+            }
+        }
         self.detach();
         self.drain(sink);
         self.stats.lost = self.read_lost();
+        self.stats.offcpu_rate_limited = offcpu::rate_limited(&self.bpf);
         // The last tick: what was drained after the stop is in.
         let _ = sink.tick(&self.stats);
         Ok(reason)
@@ -363,15 +426,15 @@ impl Capture {
                 let _ = prog.unload();
             }
         }
+        offcpu::detach(&mut self.bpf);
     }
 
     /// The program's run time and run count from its fdinfo. The kernel
     /// only counts while `kernel.bpf_stats_enabled` is set.
-    fn read_run_stats(&self) -> (u64, u64) {
+    fn read_run_stats(&self, program: &str) -> (u64, u64) {
         let fd = self
             .bpf
-            .program(profiler_ebpf::PROGRAM)
-            .and_then(|p| <&PerfEvent>::try_from(p).ok())
+            .program(program)
             .and_then(|p| p.fd().ok())
             .map(|fd| std::os::fd::AsFd::as_fd(fd).as_raw_fd());
         let Some(fd) = fd else { return (0, 0) };
@@ -444,6 +507,8 @@ pub(crate) fn test_sample(pid: u32, tid: u32, time_ns: u64, user: &[u64], comm: 
         comm: [0; abi::COMM_LEN],
         user_stack: [0; abi::MAX_FRAMES],
         kernel_stack: [0; abi::MAX_FRAMES],
+        state: abi::STATE_ON_CPU,
+        syscall: -1,
     };
     s.user_stack[..user.len()].copy_from_slice(user);
     s.comm[..comm.len()].copy_from_slice(comm.as_bytes());

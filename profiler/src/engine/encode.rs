@@ -55,6 +55,8 @@ pub struct Header {
     /// BPF program run time and count (zero unless kernel.bpf_stats_enabled).
     pub bpf_run_ns: u64,
     pub bpf_run_cnt: u64,
+    /// Off-CPU waits the per-CPU rate limit did not record.
+    pub rate_limited: u64,
 }
 
 /// Which labels samples carry.
@@ -91,8 +93,8 @@ pub fn build(
     // Deterministic output: same capture, same bytes.
     sorted.sort_by(|a, b| {
         let (x, y) = (&a.key, &b.key);
-        (x.proc, x.tid, &x.user, &x.kernel, a.samples)
-            .cmp(&(y.proc, y.tid, &y.user, &y.kernel, b.samples))
+        (x.proc, x.tid, x.state, &x.user, &x.kernel, a.samples)
+            .cmp(&(y.proc, y.tid, y.state, &y.user, &y.kernel, b.samples))
     });
     for s in sorted {
         let mut ids = Vec::with_capacity(s.key.kernel.len() + s.user.len());
@@ -133,8 +135,11 @@ pub fn build(
                 });
             ids.push(id);
         }
-        let labels = sample_labels(&mut b, s, policy);
-        b.add_sample(ids, vec![s.samples as i64, s.weight as i64], labels);
+        let mut labels = sample_labels(&mut b, s, policy);
+        if header.event.off_cpu() {
+            labels.push(b.str_label("thread_state", s.key.state.label(&s.user)));
+        }
+        b.add_sample(ids, vec![s.samples as i64, value(s, header) as i64], labels);
     }
     for (id, f) in flags {
         if let Some(m) = b.mapping_mut(id) {
@@ -142,6 +147,17 @@ pub fn build(
         }
     }
     b.finish()
+}
+
+/// A stack's time value: its summed weight, except for on-CPU stacks of a
+/// wall profile, which count one period per sample (fgprof's rule), so
+/// that running and waiting share one unit whatever the clock.
+fn value(s: &ReadyStack, h: &Header) -> u64 {
+    if h.event == Event::Wall && !s.key.state.is_off_cpu() {
+        s.samples.saturating_mul(1_000_000_000 / h.frequency.max(1))
+    } else {
+        s.weight
+    }
 }
 
 fn sample_labels(
@@ -249,6 +265,15 @@ fn write_header(b: &mut ProfileBuilder, h: &Header) {
             b.sample_types(&[("samples", "count"), ("cycles", "count")]);
             b.period("cycles", "count", 1);
         }
+        Event::OffCpu => {
+            b.sample_types(&[("samples", "count"), ("off_cpu", "nanoseconds")]);
+            b.period("off_cpu", "nanoseconds", period);
+        }
+        Event::Wall => {
+            // fgprof's convention, which `go tool pprof` users know.
+            b.sample_types(&[("samples", "count"), ("time", "nanoseconds")]);
+            b.period("wallclock", "nanoseconds", period);
+        }
     }
     b.time(h.start_unix_nanos, h.duration_nanos);
     b.comment(&format!("rprof-bpf: {}", h.command));
@@ -258,6 +283,13 @@ fn write_header(b: &mut ProfileBuilder, h: &Header) {
         h.frequency,
         h.lost
     ));
+    if h.event.off_cpu() {
+        b.comment(&format!(
+            "off-CPU: waits of at least {:.1} ms kept with their length, shorter ones with probability length/period and weight period; rate_limited={}",
+            period as f64 / 1e6,
+            h.rate_limited
+        ));
+    }
     if h.truncated > 0 {
         b.comment(&format!(
             "truncated_stacks={} (cut at a return address in no executable mapping)",

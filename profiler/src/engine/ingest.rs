@@ -73,12 +73,18 @@ pub struct Ingested<'a> {
     pub kernel: &'a [u64],
     /// CLOCK_MONOTONIC ns.
     pub time_ns: u64,
-    /// The sample's weight: ns of CPU for cpu-clock, cycles for the PMU.
+    /// The sample's weight: ns of CPU for cpu-clock, cycles for the PMU,
+    /// ns waited off CPU.
     pub weight: u64,
-    /// How many times the process's mappings were re-read so far: a stack
+    /// On CPU, or which kind of wait (off-CPU records).
+    pub state: super::state::ThreadState,
+    /// How many times the process's mappings changed so far: a stack
     /// normalized with a miss under an older generation is worth another
     /// try.
     pub maps_gen: u32,
+    /// The process's mapping epoch at the sample's time (see
+    /// [`Process::epoch_at`]): part of the stack's identity.
+    pub epoch: u32,
 }
 
 /// A stack's user frames as they go into profiles.
@@ -301,6 +307,7 @@ impl Ingest {
         let p = self.live.get(&s.pid);
         let process = self.table.at(s.pid, s.time_ns);
         let maps_gen = process.map_or(0, |p| p.history.gen);
+        let epoch = process.map_or(0, |p| p.epoch_at(s.time_ns));
         let user =
             self.leaf
                 .user_stack(process, (s.pid, s.start_ns), s.user_stack(), s.user_sp_word);
@@ -326,7 +333,9 @@ impl Ingest {
             kernel: s.kernel_stack(),
             time_ns: s.time_ns,
             weight: s.period,
+            state: super::state::ThreadState::of(s),
             maps_gen,
+            epoch,
         }
     }
 

@@ -19,7 +19,8 @@
 //! - [`encode`]: resolved stacks become a pprof profile, with one label
 //!   policy per front end.
 //!
-//! [`Engine`] ties ingest to a store as a capture [`Sink`]. The recorder
+//! [`Engine`] ties ingest to a store; [`Driven`] is the capture [`Sink`]
+//! every front end uses, with the front end's own [`FrontEnd::tick`]. The recorder
 //! (`record`) and the agent (`agent`) are thin front ends: they choose the
 //! store, what stops the capture, and where profiles go.
 
@@ -29,6 +30,7 @@ pub mod ingest;
 pub mod memory;
 pub mod normalize;
 pub mod resolve;
+pub mod state;
 pub mod store;
 
 use std::ops::ControlFlow;
@@ -63,17 +65,30 @@ impl<S: Store> Engine<S> {
     }
 }
 
-impl<S: Store> Sink for Engine<S> {
+/// What a front end adds at each capture tick: progress, its stop
+/// condition, its own upkeep (expiring a window, publishing gauges).
+pub trait FrontEnd<S> {
+    fn tick(&mut self, engine: &mut Engine<S>, stats: &CaptureStats) -> ControlFlow<StopReason>;
+}
+
+/// The engine driven by a capture, with a front end's tick: the one sink
+/// every front end hands the capture.
+pub struct Driven<S, F> {
+    pub engine: Engine<S>,
+    pub front: F,
+}
+
+impl<S: Store, F: FrontEnd<S>> Sink for Driven<S, F> {
     fn sample(&mut self, s: &Sample) {
-        self.add(s);
+        self.engine.add(s);
     }
 
     fn event(&mut self, e: &ProcEvent) {
-        self.ingest.event(e);
+        self.engine.ingest.event(e);
     }
 
-    fn tick(&mut self, _stats: &CaptureStats) -> ControlFlow<StopReason> {
-        self.ingest.tick();
-        ControlFlow::Continue(())
+    fn tick(&mut self, stats: &CaptureStats) -> ControlFlow<StopReason> {
+        self.engine.ingest.tick();
+        self.front.tick(&mut self.engine, stats)
     }
 }

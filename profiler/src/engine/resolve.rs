@@ -58,6 +58,8 @@ pub struct ResolveStats {
     pub evictions: u64,
     /// Times the parsed symbol state was dropped for outgrowing its budget.
     pub resets: u64,
+    /// Binaries given up on because a symbolizer panicked on them.
+    pub unsymbolizable: u64,
 }
 
 /// Limits of a [`Resolver`].
@@ -97,6 +99,9 @@ pub struct Resolver {
     limits: ResolveLimits,
     /// Memory the `user` symbolizer grew by since it was created.
     parsed: usize,
+    /// Binaries a symbolizer panicked on: never symbolized again, across
+    /// resets of `user` (which forget them).
+    unsymbolizable: HashSet<BinaryKey>,
     stats: ResolveStats,
 }
 
@@ -109,6 +114,7 @@ impl Resolver {
             cache: HashMap::new(),
             limits,
             parsed: 0,
+            unsymbolizable: HashSet::new(),
             stats: ResolveStats::default(),
         }
     }
@@ -150,12 +156,14 @@ impl Resolver {
     /// whether the state was dropped (so the heap is worth trimming).
     fn symbolize_within_budget(
         &mut self,
+        key: BinaryKey,
         file: &SymbolFile,
         vaddrs: &[u64],
     ) -> (Vec<Frames>, bool) {
         let measure = self.limits.parsed_memory != usize::MAX;
         let before = measure.then(memory::in_use).flatten();
         let found = self.user.symbolize_file(file, vaddrs);
+        self.note_if_unsymbolizable(key, file);
         if !measure {
             return (found, false);
         }
@@ -171,6 +179,14 @@ impl Resolver {
         self.reset_user();
         self.stats.resets += 1;
         (found, true)
+    }
+
+    /// Remembers, and counts, a binary the symbolizer just gave up on
+    /// because it panicked on it (see [`Symbolizer::symbolize_file`]).
+    fn note_if_unsymbolizable(&mut self, key: BinaryKey, file: &SymbolFile) {
+        if self.user.is_unsymbolizable(&file.path) && self.unsymbolizable.insert(key) {
+            self.stats.unsymbolizable += 1;
+        }
     }
 
     /// Resolves stacks: one symbolizer batch per binary; cached addresses
@@ -215,9 +231,12 @@ impl Resolver {
             let Some(Some(file)) = files.get(&bk) else {
                 continue;
             };
+            if self.unsymbolizable.contains(&bk) {
+                continue;
+            }
             self.stats.misses += vaddrs.len() as u64;
             self.seen.insert(bk);
-            let (found, reset) = self.symbolize_within_budget(file, &vaddrs);
+            let (found, reset) = self.symbolize_within_budget(bk, file, &vaddrs);
             dropped |= reset;
             for (v, frames) in vaddrs.into_iter().zip(found) {
                 fresh.insert((bk, v), frames.into());

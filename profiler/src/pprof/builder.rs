@@ -127,6 +127,12 @@ impl ProfileBuilder {
         self.profile.duration_nanos = duration_nanos;
     }
 
+    /// Sets the sample type `go tool pprof` shows by default (a string
+    /// index, as from [`ProfileBuilder::intern`]).
+    pub fn set_default_sample_type(&mut self, string_index: i64) {
+        self.profile.default_sample_type = string_index;
+    }
+
     /// Adds a free-text comment.
     pub fn comment(&mut self, text: &str) {
         let i = self.intern(text);

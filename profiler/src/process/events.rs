@@ -42,6 +42,18 @@ pub enum ProcEvent {
     Mmap(Mmap),
 }
 
+impl ProcEvent {
+    /// When it happened (CLOCK_MONOTONIC ns).
+    pub fn time_ns(&self) -> u64 {
+        match self {
+            ProcEvent::Fork { time_ns, .. }
+            | ProcEvent::Exit { time_ns, .. }
+            | ProcEvent::Comm { time_ns, .. } => *time_ns,
+            ProcEvent::Mmap(m) => m.time_ns,
+        }
+    }
+}
+
 /// One MMAP2 record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mmap {
@@ -76,6 +88,8 @@ pub enum EventsError {
 pub struct ProcEvents {
     rings: Vec<Ring>,
     lost: AtomicU64,
+    /// The records of one drain (kept for its allocation).
+    pending: Vec<ProcEvent>,
 }
 
 /// Pages of each ring's data area (a power of two): 128 KiB, a second or
@@ -92,15 +106,25 @@ impl ProcEvents {
         Ok(ProcEvents {
             rings,
             lost: AtomicU64::new(0),
+            pending: Vec::new(),
         })
     }
 
-    /// Hands every record now in the rings to `f`, per CPU in order.
+    /// Hands every record now in the rings to `f`, in time order across
+    /// CPUs: a child's fork can be recorded on one CPU and its exec on
+    /// another, and applied the other way round the exec would be lost.
     pub fn drain(&mut self, mut f: impl FnMut(&ProcEvent)) {
+        let mut all = std::mem::take(&mut self.pending);
         for r in &mut self.rings {
-            let lost = r.drain(&mut f);
+            let lost = r.drain(&mut |e: &ProcEvent| all.push(e.clone()));
             self.lost.fetch_add(lost, Ordering::Relaxed);
         }
+        // Each ring is in time order already; the sort is stable.
+        all.sort_by_key(ProcEvent::time_ns);
+        for e in all.drain(..) {
+            f(&e);
+        }
+        self.pending = all;
     }
 
     /// Records the kernel could not queue (a ring was full).
@@ -369,15 +393,7 @@ mod tests {
             "{mine:?}"
         );
         // Times are the BPF program's clock and in order.
-        let times: Vec<u64> = mine
-            .iter()
-            .map(|e| match e {
-                ProcEvent::Fork { time_ns, .. }
-                | ProcEvent::Exit { time_ns, .. }
-                | ProcEvent::Comm { time_ns, .. } => *time_ns,
-                ProcEvent::Mmap(m) => m.time_ns,
-            })
-            .collect();
+        let times: Vec<u64> = mine.iter().map(|e| e.time_ns()).collect();
         assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
         assert!(crate::capture::clock::mono_now() >= *times.last().unwrap());
         assert_eq!(ev.lost(), 0);

@@ -28,6 +28,9 @@ pub struct Timeline {
     pub gen: u32,
     /// An `exec` just happened: the next mapping is the main executable.
     main_pending: bool,
+    /// When mappings stopped applying (an `exec`, a new mapping over an
+    /// old one), in order: the epoch of a time is how many came before it.
+    ends: Vec<u64>,
 }
 
 /// A mapping that applied during `[from_ns, until_ns)`.
@@ -36,6 +39,23 @@ pub struct Ended {
     pub binary: Option<Arc<Binary>>,
     pub from_ns: u64,
     pub until_ns: u64,
+    /// Ended by an `exec` (not by a new mapping over it).
+    pub by_exec: bool,
+}
+
+/// How long after an exec event a sample's user registers may still be
+/// those of the old program: the rest of the `execve` call, which loads
+/// the new one.
+const EXEC_GRACE_NS: u64 = 20_000_000;
+
+impl Ended {
+    fn found(&self) -> Found<'_> {
+        Found {
+            entry: &self.entry,
+            binary: self.binary.as_ref(),
+            from_ns: self.from_ns,
+        }
+    }
 }
 
 /// The mapping an address fell in at some time.
@@ -60,23 +80,23 @@ impl Process {
                 });
             }
         }
-        self.history
-            .ended
-            .iter()
-            .rev()
-            .find(|e| e.entry.contains(addr) && e.from_ns <= t && t < e.until_ns)
-            .map(|e| Found {
-                entry: &e.entry,
-                binary: e.binary.as_ref(),
-                from_ns: e.from_ns,
-            })
+        let ended = |e: &&Ended| e.entry.contains(addr) && e.from_ns <= t;
+        let mut old = self.history.ended.iter().rev().filter(ended);
+        if let Some(e) = old.clone().find(|e| t < e.until_ns) {
+            return Some(e.found());
+        }
+        // A sample taken inside `execve`, after the exec event but before
+        // the new program runs: its user registers still point into the
+        // old program (the libc wrapper that made the call).
+        old.find(|e| e.by_exec && t - e.until_ns < EXEC_GRACE_NS)
+            .map(Ended::found)
     }
 
     /// A new executable mapping at time `t`: the current ones it overlaps
     /// stop applying.
     pub fn map_at(&mut self, entry: MapEntry, binary: Option<Arc<Binary>>, t: u64) {
         let (start, end) = (entry.start, entry.end);
-        self.end_where(t, |m| m.start < end && start < m.end);
+        self.end_where(t, false, |m| m.start < end && start < m.end);
         if self.history.main_pending && entry.is_file() {
             self.exe = entry.path.as_ref().map(Into::into);
             self.history.main_pending = false;
@@ -93,19 +113,30 @@ impl Process {
     /// An `exec` at time `t`: every mapping stops applying; the process
     /// is now `comm`, and its next file mapping is its executable.
     pub fn exec_at(&mut self, comm: &str, t: u64) {
-        self.end_where(t, |_| true);
+        self.end_where(t, true, |_| true);
         comm.clone_into(&mut self.comm);
         self.exe = None;
         self.history.main_pending = true;
         self.history.gen += 1;
     }
 
+    /// Which mapping epoch time `t` falls in: the same address means the
+    /// same code within one epoch, so a stack's key includes it (an
+    /// identical stack after an `exec` is another stack).
+    pub fn epoch_at(&self, t: u64) -> u32 {
+        self.history.ends.partition_point(|&e| e <= t) as u32
+    }
+
     /// Moves the current mappings matching `pred` to the ended list.
-    fn end_where(&mut self, t: u64, pred: impl Fn(&MapEntry) -> bool) {
+    fn end_where(&mut self, t: u64, by_exec: bool, pred: impl Fn(&MapEntry) -> bool) {
         let (gone, kept): (Vec<MapEntry>, Vec<MapEntry>) = std::mem::take(&mut self.maps)
             .into_iter()
             .partition(|m| pred(m));
         self.maps = kept;
+        if !gone.is_empty() {
+            let at = self.history.ends.partition_point(|&e| e <= t);
+            self.history.ends.insert(at, t);
+        }
         for entry in gone {
             let from_ns = self.history.since.remove(&entry.start).unwrap_or(0);
             let binary = self.binaries.remove(&entry.start);
@@ -114,6 +145,7 @@ impl Process {
                 binary,
                 from_ns,
                 until_ns: t,
+                by_exec,
             });
         }
     }
@@ -190,9 +222,18 @@ mod tests {
             Some("/bin/bravo")
         );
         let at = |p: &Process, t| p.find_at(0x40_1000, t).map(|f| f.entry.inode);
+        assert_eq!(
+            (p.epoch_at(500), p.epoch_at(2_000)),
+            (0, 1),
+            "the exec starts an epoch"
+        );
         assert_eq!(at(&p, 105), None, "before the first mapping");
         assert_eq!(at(&p, 500), Some(1), "alpha before the exec");
-        assert_eq!(at(&p, 2_005), None, "between exec and the new mapping");
+        assert_eq!(
+            at(&p, 2_005),
+            Some(1),
+            "inside execve: still the old program"
+        );
         assert_eq!(at(&p, 3_000), Some(2), "bravo after");
         // A reload at the same address.
         p.map_at(entry(0x40_0000, 0x50_0000, 3, "/bin/charlie"), None, 4_000);
@@ -201,6 +242,19 @@ mod tests {
         p.prune_ended(3_000);
         assert_eq!(at(&p, 500), None, "pruned");
         assert_eq!(at(&p, 3_500), Some(2));
+        // The reload ended bravo's mapping, not an exec: no grace.
+        assert_eq!(at(&p, 4_001), Some(3));
+    }
+
+    #[test]
+    fn the_old_program_is_only_seen_during_the_exec() {
+        let mut p = Process::born(7, "alpha", 0);
+        p.map_at(entry(0x40_0000, 0x50_0000, 1, "/bin/alpha"), None, 10);
+        p.exec_at("bravo", 1_000);
+        p.map_at(entry(0x60_0000, 0x70_0000, 2, "/bin/bravo"), None, 1_010);
+        let at = |t| p.find_at(0x40_1000, t).map(|f| f.entry.inode);
+        assert_eq!(at(1_000 + 5_000_000), Some(1), "inside execve");
+        assert_eq!(at(1_000 + 30_000_000), None, "long after it");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The `report` subcommand's arguments and driver.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 
-use super::prepare::Prepared;
+use super::prepare::{load_model, Prepared};
 use super::{collapsed, flame, top, traces, Options};
 use crate::pprof;
 
@@ -43,9 +44,41 @@ pub struct ReportArgs {
     #[arg(long, value_name = "REGEX")]
     pub ignore: Option<String>,
 
+    /// Leave out frames matching this regular expression (function, source
+    /// file or binary); their samples stay, attributed to the callers.
+    #[arg(long, value_name = "REGEX")]
+    pub hide: Option<String>,
+
+    /// Only samples whose labels match, in pprof's syntax: `key=REGEX`,
+    /// `REGEX` (against `key:value`), `key=N`, `key=N:M`, `key=N:`, `key=:M`
+    /// (numeric labels such as pid, with units: `bytes=64kb:`).
+    #[arg(long, value_name = "FILTER")]
+    pub tagfocus: Option<String>,
+
+    /// Leave out samples whose labels match (same syntax as --tagfocus).
+    #[arg(long, value_name = "FILTER")]
+    pub tagignore: Option<String>,
+
     /// Attribute inlined functions to the function they were inlined into.
     #[arg(long)]
     pub noinlines: bool,
+
+    /// Show the change from this older profile: its values are subtracted,
+    /// and percentages are of its total (as `go tool pprof -diff_base`).
+    #[arg(long, value_name = "OLD")]
+    pub diff_base: Option<PathBuf>,
+
+    /// With --diff-base: scale the profile so that it sums to the base's
+    /// total first, to compare shapes rather than amounts (pprof's
+    /// `-normalize`).
+    #[arg(long, requires = "diff_base")]
+    pub normalize: bool,
+
+    /// Serve an interactive browser UI (top table, flame graph, source,
+    /// callers/callees, diff) at this address, e.g. 127.0.0.1:8080 or
+    /// :8080 (which means loopback). Runs until Ctrl-C.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["top", "flamegraph", "collapsed", "traces"])]
+    pub http: Option<String>,
 
     /// Write an interactive SVG flame graph to this file.
     #[arg(long, value_name = "OUT.svg", conflicts_with_all = ["collapsed", "traces"])]
@@ -66,12 +99,15 @@ pub struct ReportArgs {
 }
 
 impl ReportArgs {
-    fn options(&self) -> Options {
+    pub(crate) fn options(&self) -> Options {
         Options {
             sample_index: self.sample_index.clone(),
             unit: self.unit.clone(),
             focus: self.focus.clone(),
             ignore: self.ignore.clone(),
+            hide: self.hide.clone(),
+            tagfocus: self.tagfocus.clone(),
+            tagignore: self.tagignore.clone(),
             noinlines: self.noinlines,
             nodecount: self.nodecount,
         }
@@ -88,13 +124,37 @@ fn print(text: &[u8]) -> Result<()> {
     }
 }
 
+/// Reads the profile and its diff base (if any) into a model. Errors name
+/// the file at fault.
+pub(crate) fn load(
+    path: &Path,
+    diff_base: Option<&Path>,
+    normalize: bool,
+) -> Result<Arc<super::model::Model>> {
+    let profile = pprof::read_file(path)?;
+    let base = diff_base.map(pprof::read_file).transpose()?;
+    let model =
+        load_model(&profile, base.as_ref().map(|b| (b, normalize))).map_err(
+            |e| match diff_base {
+                Some(b) if format!("{e:#}").contains("base profile") => {
+                    anyhow!("{}: {e:#}", b.display())
+                }
+                _ => anyhow!("{}: {e:#}", path.display()),
+            },
+        )?;
+    Ok(Arc::new(model))
+}
+
 /// Runs `rprof-bpf report`. Every error names the file it is about.
 pub fn run(args: &ReportArgs) -> Result<()> {
     let path = &args.file;
-    let profile = pprof::read_file(path)?;
+    if let Some(addr) = &args.http {
+        return super::ui::serve_files(addr, args);
+    }
+    let model = load(path, args.diff_base.as_deref(), args.normalize)?;
     let opts = args.options();
     let mut prep =
-        Prepared::new(&profile, &opts).map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
+        Prepared::from_model(model, &opts).map_err(|e| anyhow!("{}: {e:#}", path.display()))?;
     for w in &prep.warnings {
         eprintln!("rprof-bpf: {w}");
     }

@@ -16,8 +16,14 @@ use super::prepare::Prepared;
 /// the main binary's name.
 pub fn default_title(prep: &Prepared) -> String {
     let mut by_process: HashMap<&str, i64> = HashMap::new();
-    for s in &prep.model.samples {
-        if let Some(name) = s.labels.get("process").and_then(|v| v.first()) {
+    for s in prep.kept_samples() {
+        if let Some(name) = prep
+            .model
+            .labels(s)
+            .labels
+            .get("process")
+            .and_then(|v| v.first())
+        {
             let v = by_process.entry(name.as_str()).or_default();
             *v = v.saturating_add(s.values[prep.index].saturating_abs());
         }
@@ -75,11 +81,9 @@ fn sample_count(prep: &Prepared) -> i64 {
         .position(|t| t.ty == "samples" && t.unit == "count");
     match counts {
         Some(i) => prep
-            .model
-            .samples
-            .iter()
+            .kept_samples()
             .fold(0i64, |a, s| a.saturating_add(s.values[i])),
-        None => prep.model.samples.len() as i64,
+        None => prep.kept.len() as i64,
     }
 }
 

@@ -12,9 +12,51 @@
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use regex::Regex;
 
 use super::format::base_name;
-use super::model::Model;
+use super::model::{LineInfo, Model};
+
+/// A multiply-rotate hasher for node ids and pairs of them: the
+/// standard SipHash costs more than the rest of the work on large
+/// profiles, and these keys are our own indices, not a client's input.
+#[derive(Default)]
+pub struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        // hashbrown picks buckets from the low bits and tags from the high
+        // ones; a multiply alone leaves the low bits weak (long probes), so
+        // mix them (splitmix64's finalizer).
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+}
+
+pub type IndexMap<K, V> = HashMap<K, V, BuildHasherDefault<IndexHasher>>;
+
+pub type IndexSet<K> = HashSet<K, BuildHasherDefault<IndexHasher>>;
 
 /// What identifies a node (pprof's `NodeInfo` with addresses, files and
 /// lines aggregated away).
@@ -56,14 +98,20 @@ pub struct Stacks {
     pub keys: Vec<NodeKey>,
     /// Node id → printable name.
     pub names: Vec<String>,
-    /// Location index → node ids, innermost inlined function first.
+    /// Location index → node ids, innermost inlined function first; empty
+    /// for a location `--hide` removed.
     pub location_nodes: Vec<Vec<usize>>,
+    /// `--hide` matched some location.
+    pub hide_matched: bool,
 }
 
 impl Stacks {
-    /// Expands every location of `model` into nodes. With `noinlines`, only
-    /// the physical (outermost) function of each location is kept.
-    pub fn new(model: &Model, noinlines: bool) -> Stacks {
+    /// Expands every location of `model` into nodes. Functions matching
+    /// `hide` (by name or source file) are left out, and so are locations
+    /// whose mapping matches it (pprof's `-hide`). Then, with `noinlines`,
+    /// only the physical (outermost) function of each location is kept.
+    pub fn new(model: &Model, noinlines: bool, hide: Option<&Regex>) -> Stacks {
+        let mut hide_matched = false;
         let mut ids: HashMap<NodeKey, usize> = HashMap::new();
         let mut keys = Vec::new();
         let mut intern = |key: NodeKey| -> usize {
@@ -77,11 +125,29 @@ impl Stacks {
             .iter()
             .map(|loc| {
                 let objfile = model.mapping_file(loc);
-                let lines = if noinlines && loc.lines.len() > 1 {
-                    &loc.lines[loc.lines.len() - 1..]
-                } else {
-                    &loc.lines[..]
-                };
+                let shown: Vec<LineInfo>;
+                let mut lines = &loc.lines[..];
+                if let Some(re) = hide {
+                    if model.mapping_matches(loc, re) {
+                        hide_matched = true;
+                        return Vec::new();
+                    }
+                    if lines.iter().any(|l| model.function_matches(l.function, re)) {
+                        hide_matched = true;
+                        shown = lines
+                            .iter()
+                            .filter(|l| !model.function_matches(l.function, re))
+                            .copied()
+                            .collect();
+                        if shown.is_empty() {
+                            return Vec::new();
+                        }
+                        lines = &shown[..];
+                    }
+                }
+                if noinlines && lines.len() > 1 {
+                    lines = &lines[lines.len() - 1..];
+                }
                 if lines.is_empty() {
                     return vec![intern(NodeKey {
                         name: String::new(),
@@ -115,6 +181,7 @@ impl Stacks {
             keys,
             names,
             location_nodes,
+            hide_matched,
         }
     }
 
@@ -152,7 +219,7 @@ pub struct Node {
     pub flat: i64,
     pub cum: i64,
     /// Incoming edges by source node id.
-    pub in_edges: HashMap<usize, Edge>,
+    pub in_edges: IndexMap<usize, Edge>,
 }
 
 /// The call graph (pprof's `graph.Graph`).
@@ -170,12 +237,31 @@ impl Graph {
         samples: impl Iterator<Item = (&'a [usize], i64)>,
         kept: Option<&HashSet<usize>>,
     ) -> Graph {
+        Graph::build(stacks, samples, kept, true)
+    }
+
+    /// [`Graph::new`] without edges: only flat and cum, for the cuts that
+    /// need nothing else (edges cost a hash map update per frame).
+    pub fn nodes_only<'a>(
+        stacks: &Stacks,
+        samples: impl Iterator<Item = (&'a [usize], i64)>,
+    ) -> Graph {
+        Graph::build(stacks, samples, None, false)
+    }
+
+    fn build<'a>(
+        stacks: &Stacks,
+        samples: impl Iterator<Item = (&'a [usize], i64)>,
+        kept: Option<&HashSet<usize>>,
+        edges: bool,
+    ) -> Graph {
         let n = stacks.keys.len();
         let mut flat = vec![0i64; n];
         let mut cum = vec![0i64; n];
-        let mut in_edges: Vec<HashMap<usize, Edge>> = vec![HashMap::new(); n];
+        let mut in_edges: Vec<IndexMap<usize, Edge>> = vec![IndexMap::default(); n];
         let mut seen_node = vec![usize::MAX; n];
-        let mut seen_edge: HashSet<(usize, usize)> = HashSet::new();
+        let mut seen_edge: IndexSet<(usize, usize)> = IndexSet::default();
+        let skipped: Option<Vec<bool>> = kept.map(|k| (0..n).map(|i| !k.contains(&i)).collect());
         for (si, (locations, w)) in samples.enumerate() {
             if w == 0 {
                 continue;
@@ -184,7 +270,7 @@ impl Graph {
             let mut parent: Option<usize> = None;
             let mut residual = false;
             for (node, inline) in stacks.frames_root_first(locations) {
-                if kept.is_some_and(|k| !k.contains(&node)) {
+                if skipped.as_ref().is_some_and(|s| s[node]) {
                     residual = true;
                     continue;
                 }
@@ -192,7 +278,7 @@ impl Graph {
                     seen_node[node] = si;
                     cum[node] = cum[node].wrapping_add(w);
                 }
-                if let Some(p) = parent {
+                if let (Some(p), true) = (parent, edges) {
                     if p != node && seen_edge.insert((p, node)) {
                         in_edges[node]
                             .entry(p)
@@ -316,7 +402,7 @@ mod tests {
     }
 
     fn graph(m: &Model, noinlines: bool) -> (Stacks, Graph) {
-        let stacks = Stacks::new(m, noinlines);
+        let stacks = Stacks::new(m, noinlines, None);
         let mut g = Graph::new(
             &stacks,
             m.samples.iter().map(|s| (&s.locations[..], s.values[0])),
@@ -366,7 +452,7 @@ mod tests {
     #[test]
     fn unkept_leaf_gets_no_flat() {
         let m = profile(&[&["main"], &["leaf"]], &[(&[2, 1], 5)]);
-        let s = Stacks::new(&m, false);
+        let s = Stacks::new(&m, false, None);
         let main_id = s.names.iter().position(|n| n == "main").unwrap();
         let kept: HashSet<usize> = [main_id].into_iter().collect();
         let g = Graph::new(

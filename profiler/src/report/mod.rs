@@ -22,8 +22,10 @@ mod format;
 mod graph;
 mod model;
 mod prepare;
+mod tags;
 mod top;
 mod traces;
+pub mod ui;
 
 use std::io::Write;
 
@@ -48,6 +50,13 @@ pub struct Options {
     pub focus: Option<String>,
     /// Drop samples with a frame matching this regex.
     pub ignore: Option<String>,
+    /// Leave out frames matching this regex (the samples stay).
+    pub hide: Option<String>,
+    /// Keep only samples whose labels match (pprof's `-tagfocus` syntax:
+    /// `key=regex`, `key=N`, `key=N:M`...).
+    pub tagfocus: Option<String>,
+    /// Drop samples whose labels match (`-tagignore`).
+    pub tagignore: Option<String>,
     /// Attribute inlined functions to the function they were inlined into.
     pub noinlines: bool,
     /// Rows of the top table; 0 means all (after pprof's 0.5% cut).
@@ -61,6 +70,9 @@ impl Default for Options {
             unit: "minimum".to_string(),
             focus: None,
             ignore: None,
+            hide: None,
+            tagfocus: None,
+            tagignore: None,
             noinlines: false,
             nodecount: 20,
         }
@@ -82,6 +94,19 @@ pub fn top_table(profile: &Profile, nodecount: usize) -> Result<String> {
 /// [`top_table`] with all options.
 pub fn top_table_with(profile: &Profile, opts: &Options) -> Result<String> {
     let mut prep = Prepared::new(profile, opts)?;
+    Ok(top::render(&mut prep, opts.nodecount))
+}
+
+/// The top table of the change from `base` to `profile`, as `go tool
+/// pprof -top -diff_base=BASE [-normalize]` prints it.
+pub fn top_table_diff(
+    profile: &Profile,
+    base: &Profile,
+    normalize: bool,
+    opts: &Options,
+) -> Result<String> {
+    let model = prepare::load_model(profile, Some((base, normalize)))?;
+    let mut prep = Prepared::from_model(std::sync::Arc::new(model), opts)?;
     Ok(top::render(&mut prep, opts.nodecount))
 }
 

@@ -40,10 +40,11 @@ pub struct FunctionInfo {
 }
 
 /// One (possibly inlined) function at a location; `function` indexes
-/// [`Model::functions`].
+/// [`Model::functions`]. `line` is the source line (0 when unknown).
 #[derive(Clone, Copy, Debug)]
 pub struct LineInfo {
     pub function: usize,
+    pub line: i64,
 }
 
 /// A location: `lines` lists the innermost inlined function first and the
@@ -54,16 +55,30 @@ pub struct LocationInfo {
     pub lines: Vec<LineInfo>,
 }
 
-/// A sample: `locations` index [`Model::locations`], leaf first.
-#[derive(Clone, Debug)]
-pub struct SampleInfo {
-    pub locations: Vec<usize>,
-    pub values: Vec<i64>,
+/// The labels of a sample. Samples share them: a system-wide profile has
+/// a million samples but only as many label sets as threads, so they are
+/// stored once in [`Model::label_sets`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSet {
     /// String labels: key → values in file order.
     pub labels: BTreeMap<String, Vec<String>>,
     /// Numeric labels: key → (value, unit) in file order; the unit is ""
     /// when the file gives none.
     pub num_labels: BTreeMap<String, Vec<(i64, String)>>,
+}
+
+/// The label pprof puts on the samples of a diff base.
+pub const BASE_LABEL: &str = "pprof::base";
+
+/// A sample: `locations` index [`Model::locations`], leaf first.
+#[derive(Clone, Debug)]
+pub struct SampleInfo {
+    pub locations: Vec<usize>,
+    pub values: Vec<i64>,
+    /// Index into [`Model::label_sets`].
+    pub label_set: usize,
+    /// The sample comes from a diff base (its values are negated).
+    pub base: bool,
 }
 
 /// The resolved profile.
@@ -75,6 +90,7 @@ pub struct Model {
     pub functions: Vec<FunctionInfo>,
     pub locations: Vec<LocationInfo>,
     pub samples: Vec<SampleInfo>,
+    pub label_sets: Vec<LabelSet>,
     pub comments: Vec<String>,
     pub drop_frames: String,
     pub keep_frames: String,
@@ -110,6 +126,26 @@ fn index_ids(ids: impl Iterator<Item = u64>, what: &str) -> Result<HashMap<u64, 
         }
     }
     Ok(map)
+}
+
+/// Resolves the labels of one sample.
+fn label_set(p: &Profile, raw: &[crate::pprof::Label]) -> Result<LabelSet, String> {
+    let mut set = LabelSet::default();
+    for l in raw {
+        let key = string(p, l.key, "a label key")?;
+        // Like pprof: a label with neither a string nor a number nor a
+        // unit carries nothing and is dropped.
+        if l.str != 0 {
+            set.labels
+                .entry(key)
+                .or_default()
+                .push(string(p, l.str, "a label value")?);
+        } else if l.num != 0 || l.num_unit != 0 {
+            let unit = string(p, l.num_unit, "a label unit")?;
+            set.num_labels.entry(key).or_default().push((l.num, unit));
+        }
+    }
+    Ok(set)
 }
 
 impl Model {
@@ -167,7 +203,10 @@ impl Model {
                     .map(|ln| {
                         function_ids
                             .get(&ln.function_id)
-                            .map(|&function| LineInfo { function })
+                            .map(|&function| LineInfo {
+                                function,
+                                line: ln.line,
+                            })
                             .ok_or_else(|| {
                                 format!(
                                     "location {} refers to function {}, which does not exist",
@@ -184,6 +223,9 @@ impl Model {
             })
             .collect::<Result<Vec<_>, String>>()?;
 
+        let mut label_sets: Vec<LabelSet> = Vec::new();
+        let mut label_set_ids: HashMap<Vec<(i64, i64, i64, i64)>, usize> = HashMap::new();
+        let mut raw = Vec::new();
         let samples = p
             .sample
             .iter()
@@ -205,27 +247,21 @@ impl Model {
                         })
                     })
                     .collect::<Result<Vec<_>, String>>()?;
-                let mut labels: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                let mut num_labels: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
-                for l in &s.label {
-                    let key = string(p, l.key, "a label key")?;
-                    // Like pprof: a label with neither a string nor a number
-                    // nor a unit carries nothing and is dropped.
-                    if l.str != 0 {
-                        labels
-                            .entry(key)
-                            .or_default()
-                            .push(string(p, l.str, "a label value")?);
-                    } else if l.num != 0 || l.num_unit != 0 {
-                        let unit = string(p, l.num_unit, "a label unit")?;
-                        num_labels.entry(key).or_default().push((l.num, unit));
+                raw.clear();
+                raw.extend(s.label.iter().map(|l| (l.key, l.str, l.num, l.num_unit)));
+                let label_set = match label_set_ids.get(&raw) {
+                    Some(&id) => id,
+                    None => {
+                        label_sets.push(label_set(p, &s.label)?);
+                        label_set_ids.insert(raw.clone(), label_sets.len() - 1);
+                        label_sets.len() - 1
                     }
-                }
+                };
                 Ok(SampleInfo {
                     locations,
                     values: s.value.clone(),
-                    labels,
-                    num_labels,
+                    label_set,
+                    base: false,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -247,6 +283,7 @@ impl Model {
             functions,
             locations,
             samples,
+            label_sets,
             comments,
             drop_frames: string(p, p.drop_frames, "drop_frames")?,
             keep_frames: string(p, p.keep_frames, "keep_frames")?,
@@ -340,24 +377,39 @@ impl Model {
     /// Whether any function name or source file at `loc`, or its mapping's
     /// file, matches `re` (pprof's `Location.matchesName`).
     fn location_matches(&self, loc: &LocationInfo, re: &Regex) -> bool {
-        loc.lines.iter().any(|ln| {
-            let f = &self.functions[ln.function];
-            re.is_match(&f.name) || re.is_match(&f.filename)
-        }) || loc
-            .mapping
+        loc.lines
+            .iter()
+            .any(|ln| self.function_matches(ln.function, re))
+            || self.mapping_matches(loc, re)
+    }
+
+    /// Whether function `f`'s name or source file matches `re`.
+    pub fn function_matches(&self, f: usize, re: &Regex) -> bool {
+        let f = &self.functions[f];
+        re.is_match(&f.name) || re.is_match(&f.filename)
+    }
+
+    /// Whether the file of `loc`'s mapping matches `re`.
+    pub fn mapping_matches(&self, loc: &LocationInfo, re: &Regex) -> bool {
+        loc.mapping
             .and_then(|m| self.mappings.get(m))
             .is_some_and(|m| re.is_match(&m.file))
     }
 
-    /// Keeps the samples with at least one frame matching `focus` (any frame
-    /// when there is no focus) and none matching `ignore`. Returns whether
-    /// each expression matched any location, for pprof's warnings.
-    pub fn filter(&mut self, focus: Option<&Regex>, ignore: Option<&Regex>) -> (bool, bool) {
+    /// Marks the locations for `--focus`/`--ignore` (pprof's
+    /// `FilterSamplesByName`): a sample is kept when at least one of its
+    /// frames matches `focus` (any frame when there is no focus) and none
+    /// matches `ignore`. The model itself is left alone, so one model
+    /// serves many filtered views.
+    pub fn focus_marks(&self, focus: Option<&Regex>, ignore: Option<&Regex>) -> FocusMarks {
         if focus.is_none() && ignore.is_none() {
-            return (true, false);
+            return FocusMarks {
+                marks: None,
+                focus_matched: true,
+                ignore_matched: false,
+            };
         }
         let (mut fm, mut im) = (false, false);
-        // None: neither; Some(true): focused; Some(false): ignored.
         let marks: Vec<Option<bool>> = self
             .locations
             .iter()
@@ -373,18 +425,183 @@ impl Model {
                 }
             })
             .collect();
-        self.samples.retain(|s| {
-            let mut focused = false;
-            for &l in &s.locations {
-                match marks[l] {
-                    Some(false) => return false,
-                    Some(true) => focused = true,
-                    None => {}
-                }
+        FocusMarks {
+            marks: Some(marks),
+            focus_matched: fm,
+            ignore_matched: im,
+        }
+    }
+
+    /// The labels of sample `s`.
+    pub fn labels(&self, s: &SampleInfo) -> &LabelSet {
+        &self.label_sets[s.label_set]
+    }
+
+    /// Subtracts `base` from this profile, as `go tool pprof -diff_base`
+    /// does: the base's samples join this profile's with their values
+    /// negated and the `pprof::base` label, so every aggregate becomes
+    /// "new minus old", and reports take their total from the base. With
+    /// `normalize`, this profile's values are first scaled so that each
+    /// sample type sums to the base's (`-normalize`). Only the sample
+    /// types both profiles have are kept, in this profile's order.
+    pub fn subtract_base(mut self, mut base: Model, normalize: bool) -> Result<Model, String> {
+        let common: Vec<ValueKind> = self
+            .sample_types
+            .iter()
+            .filter(|t| base.sample_types.iter().any(|b| b.ty == t.ty))
+            .cloned()
+            .collect();
+        if common.is_empty() {
+            return Err("the profile and its base have no sample type in common".into());
+        }
+        for t in &common {
+            let b = base.sample_types.iter().find(|b| b.ty == t.ty);
+            if let Some(b) = b.filter(|b| b.unit != t.unit) {
+                return Err(format!(
+                    "sample type {} is in {} in the profile but in {} in the base",
+                    t.ty, t.unit, b.unit
+                ));
             }
-            focused
+        }
+        self.keep_sample_types(&common);
+        base.keep_sample_types(&common);
+
+        if normalize {
+            let sums = |m: &Model| {
+                let mut v = vec![0i64; common.len()];
+                for s in &m.samples {
+                    for (a, x) in v.iter_mut().zip(&s.values) {
+                        *a = a.wrapping_add(*x);
+                    }
+                }
+                v
+            };
+            let (src, dst) = (sums(&self), sums(&base));
+            let ratios: Vec<f64> = src
+                .iter()
+                .zip(&dst)
+                .map(|(&s, &b)| if s == 0 { 0.0 } else { b as f64 / s as f64 })
+                .collect();
+            self.scale(&ratios);
+        }
+        base.scale(&vec![-1.0; common.len()]);
+
+        // The base's tables go after ours, its indices shifted.
+        let (nm, nf, nl, ns) = (
+            self.mappings.len(),
+            self.functions.len(),
+            self.locations.len(),
+            self.label_sets.len(),
+        );
+        self.mappings.append(&mut base.mappings);
+        self.functions.append(&mut base.functions);
+        for mut loc in base.locations {
+            loc.mapping = loc.mapping.map(|m| m + nm);
+            for ln in &mut loc.lines {
+                ln.function += nf;
+            }
+            self.locations.push(loc);
+        }
+        for mut set in base.label_sets {
+            set.labels
+                .entry(BASE_LABEL.to_string())
+                .or_default()
+                .push("true".to_string());
+            self.label_sets.push(set);
+        }
+        for mut s in base.samples {
+            for l in &mut s.locations {
+                *l += nl;
+            }
+            s.label_set += ns;
+            s.base = true;
+            self.samples.push(s);
+        }
+        // Headers as pprof's merge combines them.
+        let mut time = 0;
+        for t in [self.time_nanos, base.time_nanos] {
+            if time == 0 || t < time {
+                time = t;
+            }
+        }
+        self.time_nanos = time;
+        self.duration_nanos = self.duration_nanos.wrapping_add(base.duration_nanos);
+        for c in base.comments {
+            if !self.comments.contains(&c) {
+                self.comments.push(c);
+            }
+        }
+        if self.default_sample_type.is_empty() {
+            self.default_sample_type = base.default_sample_type;
+        }
+        if self.doc_url.is_empty() {
+            self.doc_url = base.doc_url;
+        }
+        Ok(self)
+    }
+
+    /// Keeps only the sample types in `types` (which this profile has), in
+    /// that order; a default type that goes becomes the first kept one.
+    fn keep_sample_types(&mut self, types: &[ValueKind]) {
+        if self.sample_types.as_slice() == types {
+            return;
+        }
+        let pick: Vec<usize> = types
+            .iter()
+            .filter_map(|t| self.sample_types.iter().position(|s| s.ty == t.ty))
+            .collect();
+        for s in &mut self.samples {
+            s.values = pick.iter().map(|&i| s.values[i]).collect();
+        }
+        self.sample_types = types.to_vec();
+        if !types.iter().any(|t| t.ty == self.default_sample_type) {
+            self.default_sample_type = types[0].ty.clone();
+        }
+    }
+
+    /// Multiplies each value by its type's ratio, rounding as pprof's
+    /// `ScaleN` does, and drops samples left all zero.
+    fn scale(&mut self, ratios: &[f64]) {
+        if ratios.iter().all(|&r| r == 1.0) {
+            return;
+        }
+        self.samples.retain_mut(|s| {
+            let mut keep = false;
+            for (v, &r) in s.values.iter_mut().zip(ratios) {
+                if r != 1.0 {
+                    *v = (*v as f64 * r).round() as i64;
+                }
+                keep |= *v != 0;
+            }
+            keep
         });
-        (fm, im)
+    }
+}
+
+/// Which locations `--focus` and `--ignore` matched.
+pub struct FocusMarks {
+    /// Per location: None neither, Some(true) focused, Some(false) ignored.
+    /// None overall when there is neither expression.
+    marks: Option<Vec<Option<bool>>>,
+    pub focus_matched: bool,
+    pub ignore_matched: bool,
+}
+
+impl FocusMarks {
+    /// Whether a sample with these locations is kept.
+    pub fn keeps(&self, locations: &[usize]) -> bool {
+        let Some(marks) = &self.marks else {
+            return true;
+        };
+        let mut focused = false;
+        for &l in locations {
+            match marks[l] {
+                Some(false) => return false,
+                Some(true) => focused = true,
+                None => {}
+            }
+        }
+        focused
     }
 }
 
@@ -511,11 +728,51 @@ mod tests {
 
     #[test]
     fn focus_and_ignore() {
-        let mut m = Model::new(&profile()).unwrap();
+        let m = Model::new(&profile()).unwrap();
         let re = Regex::new("malloc").unwrap();
-        assert_eq!(m.clone().filter(Some(&re), None), (true, false));
-        let (fm, im) = m.filter(None, Some(&re));
-        assert!(fm && im);
-        assert!(m.samples.is_empty());
+        let f = m.focus_marks(Some(&re), None);
+        assert!(f.focus_matched && !f.ignore_matched);
+        assert!(f.keeps(&m.samples[0].locations));
+        let i = m.focus_marks(None, Some(&re));
+        assert!(i.focus_matched && i.ignore_matched);
+        assert!(!i.keeps(&m.samples[0].locations));
+    }
+
+    #[test]
+    fn samples_share_label_sets() {
+        let mut p = profile();
+        p.string_table.push("thread".into());
+        p.string_table.push("t1".into());
+        let label = crate::pprof::Label {
+            key: 6,
+            str: 7,
+            ..Default::default()
+        };
+        p.sample[0].label.push(label.clone());
+        let mut twin = p.sample[0].clone();
+        twin.location_id = vec![1];
+        p.sample.push(twin);
+        let m = Model::new(&p).unwrap();
+        assert_eq!(m.label_sets.len(), 1);
+        assert_eq!(m.samples[0].label_set, m.samples[1].label_set);
+        assert_eq!(m.labels(&m.samples[1]).labels["thread"], ["t1"]);
+    }
+
+    #[test]
+    fn subtracting_a_base_negates_and_labels_it() {
+        let new = Model::new(&profile()).unwrap();
+        let mut old = profile();
+        old.sample[0].value = vec![2];
+        let old = Model::new(&old).unwrap();
+        let d = new.clone().subtract_base(old.clone(), false).unwrap();
+        assert_eq!(d.samples.len(), 2);
+        assert_eq!(d.samples[1].values, vec![-2]);
+        assert!(d.samples[1].base && !d.samples[0].base);
+        assert_eq!(d.labels(&d.samples[1]).labels[BASE_LABEL], ["true"]);
+        // Indices of the base point into its own (appended) tables.
+        assert_eq!(d.samples[1].locations, vec![5, 4, 3]);
+        // Normalized: 5 scaled to the base's 2.
+        let n = new.subtract_base(old, true).unwrap();
+        assert_eq!(n.samples[0].values, vec![2]);
     }
 }

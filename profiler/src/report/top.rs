@@ -40,24 +40,27 @@ struct Trimmed {
 /// pprof's `newTrimmedGraph` for a non-visual, flat-sorted report.
 fn trimmed_graph(prep: &Prepared, nodecount: usize) -> Trimmed {
     let stacks = &prep.stacks;
-    let mut g = Graph::new(stacks, prep.samples(), None);
+    // The cut needs only cum values; the graph is built again with edges.
+    let mut g = Graph::nodes_only(stacks, prep.samples());
     let total = g.flat_total();
     let node_cutoff = ((total as f64 * NODE_FRACTION) as i64).wrapping_abs();
     let edge_cutoff = ((total as f64 * EDGE_FRACTION) as i64).wrapping_abs();
 
     let mut dropped_nodes = 0;
+    let mut kept = None;
     if node_cutoff > 0 {
-        let kept: std::collections::HashSet<usize> = g
+        let cut: std::collections::HashSet<usize> = g
             .nodes
             .iter()
             .filter(|n| n.cum.wrapping_abs() >= node_cutoff)
             .map(|n| n.id)
             .collect();
-        if kept.len() != g.nodes.len() {
-            dropped_nodes = g.nodes.len() - kept.len();
-            g = Graph::new(stacks, prep.samples(), Some(&kept));
+        if cut.len() != g.nodes.len() {
+            dropped_nodes = g.nodes.len() - cut.len();
+            kept = Some(cut);
         }
     }
+    g = Graph::new(stacks, prep.samples(), kept.as_ref());
     let orig_count = g.nodes.len();
 
     g.sort_flat(stacks);
@@ -177,6 +180,39 @@ pub fn items(prep: &mut Prepared, nodecount: usize) -> (Vec<String>, Vec<Row>) {
     (labels, rows)
 }
 
+/// The printed cells of a row: flat, flat%, sum%, cum, cum%.
+pub type Cells = [String; 5];
+
+/// Formats rows as pprof prints them, `sum%` running over the rows in
+/// their order.
+pub fn cells(prep: &Prepared, rows: &[Row]) -> Vec<Cells> {
+    let mut sum = 0i64;
+    rows.iter()
+        .map(|r| {
+            sum = sum.wrapping_add(r.flat);
+            [
+                prep.format_value(r.flat),
+                percentage(r.flat, prep.total),
+                percentage(sum, prep.total),
+                prep.format_value(r.cum),
+                percentage(r.cum, prep.total),
+            ]
+        })
+        .collect()
+}
+
+/// Sorts rows by |cum| descending, then name, then |flat| descending
+/// (pprof's `CumNameOrder`, the order of `-top -cum`).
+pub fn sort_cum(rows: &mut [Row]) {
+    rows.sort_by(|l, r| {
+        r.cum
+            .wrapping_abs()
+            .cmp(&l.cum.wrapping_abs())
+            .then_with(|| l.name.cmp(&r.name))
+            .then_with(|| r.flat.wrapping_abs().cmp(&l.flat.wrapping_abs()))
+    });
+}
+
 /// The complete top table, as `go tool pprof -top` prints it.
 pub fn render(prep: &mut Prepared, nodecount: usize) -> String {
     let (labels, rows) = items(prep, nodecount);
@@ -190,9 +226,7 @@ pub fn render(prep: &mut Prepared, nodecount: usize) -> String {
         "{:>10} {:>5}% {:>5}% {:>10} {:>5}%",
         "flat", "flat", "sum", "cum", "cum"
     );
-    let mut sum = 0i64;
-    for r in &rows {
-        sum = sum.wrapping_add(r.flat);
+    for (r, [flat, flat_pct, sum_pct, cum, cum_pct]) in rows.iter().zip(cells(prep, &rows)) {
         let inline = if r.inline.is_empty() {
             String::new()
         } else {
@@ -200,14 +234,8 @@ pub fn render(prep: &mut Prepared, nodecount: usize) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>10} {} {} {:>10} {}  {}{}",
-            prep.format_value(r.flat),
-            percentage(r.flat, prep.total),
-            percentage(sum, prep.total),
-            prep.format_value(r.cum),
-            percentage(r.cum, prep.total),
-            r.name,
-            inline
+            "{flat:>10} {flat_pct} {sum_pct} {cum:>10} {cum_pct}  {}{inline}",
+            r.name
         );
     }
     out

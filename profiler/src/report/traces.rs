@@ -18,7 +18,8 @@ pub fn render(prep: &Prepared) -> String {
         out.push_str(&l);
         out.push('\n');
     }
-    for s in &prep.model.samples {
+    for s in prep.kept_samples() {
+        let set = prep.model.labels(s);
         let frames: Vec<(usize, bool)> = prep
             .stacks
             .frames_root_first(&s.locations)
@@ -32,7 +33,7 @@ pub fn render(prep: &Prepared) -> String {
         out.push_str(SEPARATOR);
         out.push('\n');
 
-        let mut labels: Vec<String> = s
+        let mut labels: Vec<String> = set
             .labels
             .iter()
             .map(|(k, vs)| format!("{k:>10}:  {}\n", vs.join(" ")))
@@ -40,7 +41,7 @@ pub fn render(prep: &Prepared) -> String {
         labels.sort();
         labels.iter().for_each(|l| out.push_str(l));
 
-        let mut nums: Vec<String> = s
+        let mut nums: Vec<String> = set
             .num_labels
             .iter()
             .map(|(k, vs)| {

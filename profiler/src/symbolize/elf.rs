@@ -52,12 +52,16 @@ impl ElfSymbolizer {
 
     /// Symbolizes virtual addresses (as the ELF's own headers and symbol
     /// table number them) of the ELF at `path`. One entry per address,
-    /// innermost frame first; empty when nothing was found.
+    /// innermost frame first; empty when nothing was found. A file that
+    /// cannot be read gets a warning (once) saying why.
     pub fn symbolize(&self, path: &Path, vaddrs: &[u64]) -> Vec<Vec<Frame>> {
         let src = Source::Elf(Elf::new(path));
         match self.inner.symbolize(&src, Input::VirtOffset(vaddrs)) {
             Ok(results) => results.into_iter().map(frames).collect(),
-            Err(_) => vec![Vec::new(); vaddrs.len()],
+            Err(e) => {
+                super::failures::warn_once(path, &format_args!("{e:#}"));
+                vec![Vec::new(); vaddrs.len()]
+            }
         }
     }
 }
@@ -149,5 +153,50 @@ fn location(ci: Option<&CodeInfo<'_>>) -> (String, u32) {
             ci.line.unwrap_or(0),
         ),
         None => (String::new(), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// The log lines written while `f` runs on this thread.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = buf.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn unreadable_files_are_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let bogus = dir.path().join("not-an-elf");
+        std::fs::write(&bogus, b"#!/bin/sh\necho this is no ELF file\n").unwrap();
+        let sym = ElfSymbolizer::new();
+        let log = logged(|| {
+            for _ in 0..3 {
+                assert_eq!(sym.symbolize(&bogus, &[0x1000, 0x2000]), vec![vec![]; 2]);
+            }
+        });
+        assert_eq!(log.matches("cannot symbolize").count(), 1, "{log}");
+        assert!(log.contains("WARN") && log.contains("not-an-elf"), "{log}");
     }
 }

@@ -7,8 +7,10 @@
 //! KASLR slide is taken off ([`vmlinux`]). Binaries with no debug info on
 //! this machine can be named from a debuginfod server ([`debuginfod`]).
 
+mod contain;
 pub mod debuginfod;
 pub mod elf;
+mod failures;
 pub mod go;
 pub mod kernel;
 pub mod locate;
@@ -29,7 +31,7 @@ pub struct Frame {
     pub inlined: bool,
 }
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -100,6 +102,8 @@ pub struct Symbolizer {
     /// Go tables by file; `None` for files that are not Go binaries.
     go: HashMap<PathBuf, Option<go::GoTable>>,
     cache: HashMap<(PathBuf, u64), Frames>,
+    /// Files a symbolizer panicked on: never looked at again.
+    unsymbolizable: HashSet<PathBuf>,
     /// Opt-in: debug files fetched by build ID for binaries without any here.
     debuginfod: Option<Fetcher>,
 }
@@ -133,6 +137,7 @@ impl Symbolizer {
             go: HashMap::new(),
             cache: HashMap::new(),
             debuginfod: None,
+            unsymbolizable: HashSet::new(),
         }
     }
 
@@ -215,8 +220,33 @@ impl Symbolizer {
     /// Resolves ELF virtual addresses of `file` (return addresses already
     /// moved back into their call), one result per address, each innermost
     /// frame first. Results are cached per (file, address), so repeated
-    /// calls are cheap.
+    /// calls are cheap. A file a symbolizer panics on gets no names, now or
+    /// later (see [`Symbolizer::is_unsymbolizable`]), and one warning.
     pub fn symbolize_file(&mut self, file: &SymbolFile, vaddrs: &[u64]) -> Vec<Frames> {
+        if self.unsymbolizable.contains(&file.path) {
+            return vec![Frames::new(); vaddrs.len()];
+        }
+        match contain::catch(|| self.symbolize_file_unguarded(file, vaddrs)) {
+            Ok(found) => found,
+            Err(panic) => {
+                failures::warn_once(
+                    &file.path,
+                    &format_args!("the symbolizer panicked ({panic})"),
+                );
+                self.unsymbolizable.insert(file.path.clone());
+                vec![Frames::new(); vaddrs.len()]
+            }
+        }
+    }
+
+    /// Whether a symbolizer panicked on the file at `path`, so that it is
+    /// no longer looked at.
+    pub fn is_unsymbolizable(&self, path: &Path) -> bool {
+        self.unsymbolizable.contains(path)
+    }
+
+    /// [`Symbolizer::symbolize_file`] without the guard.
+    fn symbolize_file_unguarded(&mut self, file: &SymbolFile, vaddrs: &[u64]) -> Vec<Frames> {
         // A debug file has the binary's addresses, so the same lookups
         // work on it.
         let debug = self.debug_file_for(file);

@@ -45,17 +45,23 @@ pub(super) fn agent(env: &Env, spin: &Path, secs: u64, md: &mut String) -> Resul
         "`rprof-bpf agent` at 100 Hz with {} spin processes keeping every CPU busy, {secs} s of steady state after a 5 s warm-up, `/metrics` scraped every 15 s, one 10 s pull; push: every 15 s (default window) to a local receiver. Share: agent CPU over sampled CPU time (seconds x CPUs). Other processes on the machine are profiled too: \"processes seen\" counts them.\n",
         env.ncpu
     )?;
+    writeln!(md, "Unwinding: `.eh_frame` tables (the default) or frame pointers (`--unwind fp`). Churn: a shell starting `/bin/true` in a loop for the whole run.\n")?;
     writeln!(md, "| mode | agent CPU | share | peak RSS (VmHWM) | RSS at the end (anonymous) | processes seen | symbolizer resets |\n| --- | --- | --- | --- | --- | --- | --- |")?;
-    for push in [false, true] {
-        eprintln!("bench: agent, {}", if push { "push" } else { "pull only" });
-        let r = run(&bin, spin, env.ncpu, secs, push)?;
+    for (mode, unwind, push, churn) in [
+        ("pull only, tables", "auto", false, false),
+        ("pull only, frame pointers", "fp", false, false),
+        ("push, tables", "auto", true, false),
+        ("pull only, tables, churn", "auto", false, true),
+    ] {
+        eprintln!("bench: agent, {mode}");
+        let r = run(&bin, spin, env.ncpu, secs, push, unwind, churn)?;
         writeln!(
             md,
             "| {} | {:.2} s | {:.3} % | {:.1} MiB | {:.1} MiB ({:.1}) | {:.0} | {:.0} |",
             if push {
-                format!("push ({} profiles)", r.pushes)
+                format!("{mode} ({} profiles)", r.pushes)
             } else {
-                "pull only".to_owned()
+                mode.to_owned()
             },
             r.cpu,
             100.0 * r.cpu / (secs as f64 * env.ncpu as f64),
@@ -70,15 +76,33 @@ pub(super) fn agent(env: &Env, spin: &Path, secs: u64, md: &mut String) -> Resul
     Ok(())
 }
 
-fn run(bin: &Path, spin: &Path, ncpu: usize, secs: u64, push: bool) -> Result<Run> {
+fn run(
+    bin: &Path,
+    spin: &Path,
+    ncpu: usize,
+    secs: u64,
+    push: bool,
+    unwind: &str,
+    churn: bool,
+) -> Result<Run> {
     let load = Load::start(spin, ncpu)?;
     let (receiver, pushes) = receiver()?;
     let mut cmd = Command::new(bin);
-    cmd.args(["agent", "--listen", "127.0.0.1:0"]);
+    cmd.args(["agent", "--listen", "127.0.0.1:0", "--unwind", unwind]);
     if push {
         cmd.arg("--push-url").arg(format!("http://{receiver}"));
     }
     let agent = Agent::start(cmd)?;
+    let mut churner = if churn {
+        Some(
+            Command::new("sh")
+                .args(["-c", "while :; do /bin/true; done"])
+                .spawn()
+                .context("starting the churn")?,
+        )
+    } else {
+        None
+    };
     std::thread::sleep(Duration::from_secs(5));
     let cpu0 = cpu_seconds(agent.pid())?;
     let t0 = Instant::now();
@@ -131,6 +155,10 @@ fn run(bin: &Path, spin: &Path, ncpu: usize, secs: u64, push: bool) -> Result<Ru
         resets: metric("rprof_agent_symbolizer_resets_total"),
         pushes: pushes.load(Ordering::Relaxed),
     };
+    if let Some(c) = &mut churner {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     agent.stop()?;
     drop(load);
     Ok(r)
@@ -234,7 +262,7 @@ fn answer(mut conn: TcpStream) -> Result<()> {
 }
 
 /// `GET path` on the agent; the body.
-fn get(port: u16, path: &str) -> Result<Vec<u8>> {
+pub(super) fn get(port: u16, path: &str) -> Result<Vec<u8>> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
@@ -254,7 +282,7 @@ fn get(port: u16, path: &str) -> Result<Vec<u8>> {
 }
 
 /// User + system CPU seconds of a process.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
     let f: Vec<&str> = after.split_whitespace().collect();

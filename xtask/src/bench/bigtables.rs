@@ -1,4 +1,4 @@
-//! Case 8: big unwind tables. A system-wide capture while `clang++-19 -O2`
+//! Case 11: big unwind tables. A system-wide capture while `clang++-19 -O2`
 //! compiles one file after another: each clang maps 47 MiB of unwind
 //! tables (libclang-cpp, libLLVM, libz3), which the old fixed 8 MiB table
 //! could not hold. How many of clang's samples reach `_start`, with the
@@ -138,7 +138,7 @@ fn perf_clang(script: &str) -> (usize, f64, f64) {
 
 pub(super) fn big_tables(env: &Env, md: &mut String) -> Result<()> {
     eprintln!("bench: big unwind tables (clang)");
-    writeln!(md, "## 8. Big unwind tables: clang compiling\n")?;
+    writeln!(md, "## 11. Big unwind tables: clang compiling\n")?;
     let clang = Path::new("/usr/bin/clang++-19");
     if !clang.exists() {
         writeln!(md, "SKIPPED: clang++-19 is not installed.\n")?;

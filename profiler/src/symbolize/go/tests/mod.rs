@@ -67,7 +67,8 @@ pub(super) fn variants(tc: &Toolchain) -> Vec<Build> {
             ..Build::default()
         });
     }
-    if tc.version.starts_with("go1.27") && testutil::have_cc() {
+    if tc.version.starts_with("go1.27") {
+        testutil::require_cc();
         v.push(Build {
             pie: true,
             external: true,
