@@ -275,3 +275,398 @@ fn cgo_callback_stack_is_continuous() {
     let (share, _) = ordered_share(&p, "main.goSpin", &["main.goSpin", "main.main"]);
     assert!(share < 0.5, "frame pointers alone: {share:.3}");
 }
+
+/// A system-wide recorder running in the background, its stderr (with the
+/// unwinder's debug lines) collected as it comes.
+struct LiveRecorder {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LiveRecorder {
+    /// Starts `rprof-bpf ARGS` and waits until it samples.
+    fn start(args: &[&str]) -> LiveRecorder {
+        use std::io::BufRead;
+        let mut child = rprof()
+            .args(args)
+            .env("RUST_LOG", "rprof_bpf::unwind=debug")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running rprof-bpf");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let r = LiveRecorder {
+            child,
+            lines,
+            reader: Some(reader),
+        };
+        assert!(
+            r.wait_for(std::time::Duration::from_secs(60), |l| l
+                .iter()
+                .any(|l| l.starts_with("Profiling"))),
+            "the recorder did not start:\n{}",
+            r.lines().join("\n")
+        );
+        r
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits up to `timeout` for `done` to hold on the lines so far.
+    fn wait_for(&self, timeout: std::time::Duration, done: impl Fn(&[String]) -> bool) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < end {
+            if done(&self.lines.lock().unwrap()) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Stops the capture as Ctrl-C would and returns everything it said.
+    fn interrupt(self) -> Vec<String> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.wait()
+    }
+
+    /// Waits for the capture to end and returns everything it said.
+    fn wait(mut self) -> Vec<String> {
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let lines = self.lines();
+        assert!(status.success(), "rprof-bpf failed:\n{}", lines.join("\n"));
+        lines
+    }
+}
+
+impl Drop for LiveRecorder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the unwinder said it put `file`'s table in the array.
+fn table_in(lines: &[String], file: &str) -> bool {
+    lines
+        .iter()
+        .any(|l| l.contains("unwind table of") && l.contains(file) && l.contains(" at rows "))
+}
+
+/// The samples of the processes `pids`, and how many reach a thread root.
+fn root_share_of(p: &Profile, pids: &[u32]) -> (f64, i64) {
+    let (mut n, mut reached) = (0, 0);
+    for s in &p.sample {
+        let pid = num_label(p, s, "pid").unwrap_or(-1);
+        if !pids.iter().any(|&x| i64::from(x) == pid) {
+            continue;
+        }
+        n += s.value[0];
+        if stack_names(p, s)
+            .last()
+            .is_some_and(|f| ROOTS.contains(&f.as_str()))
+        {
+            reached += s.value[0];
+        }
+    }
+    (reached as f64 / n.max(1) as f64, n)
+}
+
+/// User locations of `p` outside every mapping (a user address the
+/// profile cannot place: garbage, or a process never seen), among the
+/// samples `keep` selects.
+fn unmapped_locations(p: &Profile, keep: impl Fn(&rprof_bpf::pprof::Sample) -> bool) -> usize {
+    let unmapped: std::collections::HashSet<u64> = p
+        .location
+        .iter()
+        .filter(|l| l.mapping_id == 0)
+        .map(|l| l.id)
+        .collect();
+    let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    for s in p.sample.iter().filter(|s| keep(s)) {
+        seen.extend(
+            s.location_id
+                .iter()
+                .filter(|id| unmapped.contains(id))
+                .copied(),
+        );
+    }
+    seen.len()
+}
+
+/// User locations outside every mapping in stacks that also have a mapped
+/// user frame: garbage return addresses. (A process that exited before
+/// its maps could be read has no mapped frame at all: those are not
+/// garbage, only unplaceable.)
+fn garbage_locations(p: &Profile) -> usize {
+    let kernel: std::collections::HashSet<u64> = p
+        .mapping
+        .iter()
+        .filter(|m| p.str(m.filename) == "[kernel.kallsyms]")
+        .map(|m| m.id)
+        .collect();
+    let by_id: std::collections::HashMap<u64, u64> =
+        p.location.iter().map(|l| (l.id, l.mapping_id)).collect();
+    let mut garbage = std::collections::HashSet::new();
+    for s in &p.sample {
+        let user: Vec<(u64, u64)> = s
+            .location_id
+            .iter()
+            .map(|id| (*id, by_id.get(id).copied().unwrap_or(0)))
+            .filter(|(_, m)| !kernel.contains(m))
+            .collect();
+        if user.iter().any(|(_, m)| *m != 0) {
+            garbage.extend(user.iter().filter(|(_, m)| *m == 0).map(|(id, _)| *id));
+        }
+    }
+    garbage.len()
+}
+
+/// Big tables: clang keeps 47 MiB of unwind tables busy (libclang-cpp
+/// 1.35M rows, libLLVM 1.17M, libz3 0.39M), more than the old fixed table
+/// held. A system-wide capture with the default budget, while clang++-19
+/// compiles: once the profiler has LLVM's tables in (the warm-up: building
+/// them takes a second or more on a busy machine, and its cost is in the
+/// benchmarks), every compile after is unwound to `_start`, and no stack
+/// of clang's has an address outside its mappings, nor any stack of any
+/// process a garbage return address.
+#[test]
+fn big_tables_clang_compiles_reach_the_root() {
+    let Some(clang) = clangxx19() else { return };
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("cxx/bigcompile.cpp");
+    let obj = dir.path().join("bigcompile.o");
+    let compile = || {
+        Command::new(&clang)
+            .args(["-O2", "-c"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&obj)
+            .spawn()
+            .expect("running clang++-19")
+    };
+    let out = dir.path().join("clang.pb.gz");
+    let rec = LiveRecorder::start(&["--seconds", "600", "-o", out.to_str().unwrap()]);
+
+    // Warm-up: compile until the profiler has LLVM's tables.
+    let warm = |l: &[String]| table_in(l, "libLLVM.so.19") && table_in(l, "libclang-cpp.so.19");
+    let start = std::time::Instant::now();
+    let mut warmups = 0;
+    while !warm(&rec.lines()) {
+        let lines = rec.lines();
+        let too_big = lines
+            .iter()
+            .any(|l| l.contains("libLLVM.so.19") && l.contains("larger than the whole"));
+        assert!(
+            !too_big && start.elapsed() < std::time::Duration::from_secs(300),
+            "LLVM's unwind tables never went in:\n{}",
+            lines.join("\n")
+        );
+        compile().wait().unwrap();
+        warmups += 1;
+    }
+    // Measured: compiles that start with the tables in place.
+    let mut measured = Vec::new();
+    for _ in 0..3 {
+        let mut c = compile();
+        measured.push(c.id());
+        assert!(c.wait().unwrap().success(), "clang++-19 failed");
+    }
+    let lines = rec.interrupt();
+    let p = load(&out);
+
+    let (share, n) = root_share_of(&p, &measured);
+    let summary: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("unwind tables:") || l.starts_with("rprof-bpf:"))
+        .collect();
+    let is_clang = |s: &rprof_bpf::pprof::Sample| {
+        str_label(&p, s, "process").is_some_and(|c| c.starts_with("clang"))
+    };
+    let clang_unmapped = unmapped_locations(&p, is_clang);
+    let garbage = garbage_locations(&p);
+    eprintln!(
+        "clang: {:.1}% of {n} samples of {} compiles reach the root (after {warmups} warm-up compiles); {clang_unmapped} unmapped locations in clang's stacks; in all stacks {} unmapped, {garbage} of them next to mapped frames; {summary:?}",
+        share * 100.0,
+        measured.len(),
+        unmapped_locations(&p, |_| true),
+    );
+    assert!(n >= 100, "only {n} samples of the measured compiles");
+    assert!(share >= 0.9, "{share:.3} of clang's samples reach the root");
+    assert_eq!(clang_unmapped, 0, "clang's stacks hold unmapped addresses");
+    assert_eq!(garbage, 0, "stacks hold garbage return addresses");
+}
+
+/// A fixture with an unwind table of its own of 8,000 rows: the qsort
+/// program linked with 4,000 small assembly functions, each with its own
+/// CFI. (Small, so that compiling it takes little of each run even in a
+/// debug build of the profiler on a busy machine.)
+fn build_padded_qsort(exe: &Path) {
+    let dir = exe.parent().unwrap();
+    let pad = dir.join("pad.s");
+    let mut asm = String::from("\t.text\n");
+    for i in 0..4_000 {
+        asm.push_str(&format!(
+            "\t.globl pad{i}\n\t.type pad{i}, @function\npad{i}:\n\t.cfi_startproc\n\tpush %rbx\n\t.cfi_adjust_cfa_offset 8\n\tpop %rbx\n\t.cfi_adjust_cfa_offset -8\n\tret\n\t.cfi_endproc\n"
+        ));
+    }
+    asm.push_str("\t.section .note.GNU-stack,\"\",@progbits\n");
+    std::fs::write(&pad, asm).unwrap();
+    build_c(
+        "qsort.c",
+        exe,
+        &["-O2", "-g", "-fomit-frame-pointer", pad.to_str().unwrap()],
+    );
+}
+
+/// Rows of the unwind tables of every binary `pid` maps, each with its
+/// header row, as the profiler would place them.
+fn table_rows(pid: u32) -> Vec<(String, usize)> {
+    let mut procs = rprof_bpf::process::ProcessTable::new();
+    let p = procs.observe(pid).expect("the fixture is running");
+    let mut seen = std::collections::HashSet::new();
+    p.binaries
+        .values()
+        .filter(|b| seen.insert(b.key))
+        .map(|b| {
+            let data = b
+                .data
+                .as_deref()
+                .expect("the fixture's binaries are readable");
+            let rows = rprof_bpf::unwind::table::compile(data).unwrap().len();
+            (b.path.clone(), rows + usize::from(rows > 0))
+        })
+        .collect()
+}
+
+/// Eviction: the budget holds the tables of libc, the loader and one of
+/// these fixtures, not two fixtures. Four copies of the
+/// fixture (four binaries to the profiler: different files) are started
+/// together and profiled by pid, then run one after another: each is
+/// unwound to `_start` in turn. Its table comes back when it is sampled
+/// (it was evicted while the others were loaded), over the rows of the
+/// one that exited before it.
+#[test]
+fn small_budget_evicts_exited_binaries_and_reuses_their_rows() {
+    use std::io::Write;
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("padded-1");
+    build_padded_qsort(&first);
+    let exes: Vec<std::path::PathBuf> = (1..=4)
+        .map(|i| {
+            let e = dir.path().join(format!("padded-{i}"));
+            if i > 1 {
+                std::fs::copy(&first, &e).unwrap();
+            }
+            e
+        })
+        .collect();
+    let mut targets: Vec<Target> = exes
+        .iter()
+        .map(|exe| {
+            let mut cmd = Command::new(exe);
+            cmd.args(["8", "wait"]).stdin(std::process::Stdio::piped());
+            Target::start(cmd)
+        })
+        .collect();
+    let pids: Vec<u32> = targets.iter().map(Target::pid).collect();
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let list = list.join(",");
+    // One process's tables and half a fixture's more.
+    let tables = table_rows(pids[0]);
+    let own = tables
+        .iter()
+        .find(|(path, _)| path.ends_with("padded-1"))
+        .map(|t| t.1)
+        .unwrap();
+    let rows: usize = tables.iter().map(|t| t.1).sum::<usize>() + own / 2;
+    let budget = format!("{}KiB", (rows * 16).div_ceil(1024));
+    eprintln!("tables {tables:?}: budget {budget}");
+    let out = dir.path().join("evict.pb.gz");
+    let rec = LiveRecorder::start(&[
+        "--pid",
+        &list,
+        "--seconds",
+        "300",
+        "--unwind-memory",
+        &budget,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    for t in &mut targets {
+        let mut stdin = t.child.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        t.wait();
+    }
+    // Every target has exited: the capture ends by itself.
+    let lines = rec.wait();
+    let p = load(&out);
+
+    for (exe, &pid) in exes.iter().zip(&pids) {
+        let (share, n) = root_share_of(&p, &[pid]);
+        eprintln!(
+            "{}: {:.1}% of {n} samples reach the root",
+            exe.display(),
+            share * 100.0
+        );
+        assert!(n >= 50, "only {n} samples of {}", exe.display());
+        assert!(share >= 0.9, "{}: {share:.3} reach the root", exe.display());
+    }
+    // Where each table went last: after the first, over the rows of a
+    // table that was there before.
+    let ranges: Vec<(u32, u32)> = exes
+        .iter()
+        .map(|exe| {
+            let name = exe.to_str().unwrap();
+            let line = lines
+                .iter()
+                .rfind(|l| l.contains(&format!("unwind table of {name} in:")))
+                .unwrap_or_else(|| panic!("no table for {name}:\n{}", lines.join("\n")));
+            let rows = line.split(" at rows ").nth(1).unwrap();
+            let (a, b) = rows.split_once("..").unwrap();
+            let b = b.split(',').next().unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    eprintln!("rows: {ranges:?}");
+    for i in 1..ranges.len() {
+        let (a, b) = ranges[i];
+        assert!(
+            ranges[..i].iter().any(|&(c, d)| a < d && c < b),
+            "the table of {} did not reuse an earlier table's rows: {ranges:?}",
+            exes[i].display()
+        );
+    }
+    let summary = lines
+        .iter()
+        .find(|l| l.starts_with("unwind tables:"))
+        .expect("the unwind summary line");
+    eprintln!("{summary}");
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    let evicted: u64 = words
+        .iter()
+        .position(|&w| w == "evicted")
+        .and_then(|i| words.get(i.checked_sub(1)?))
+        .and_then(|n| n.trim_start_matches(';').parse().ok())
+        .unwrap_or(0);
+    assert!(evicted >= 3, "{summary}");
+    assert!(!summary.contains(" 0.0 MiB reused"), "{summary}");
+}

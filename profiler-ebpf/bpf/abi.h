@@ -83,8 +83,22 @@ _Static_assert(__builtin_offsetof(struct rprof_sample, user_stack) == 72,
  * (user space writes it directly, no syscall per row). Each process has one
  * rprof_proc_info: its executable mappings, sorted by start, each pointing
  * at its file's rows (row_count 0: no table, use frame pointers).
+ *
+ * The array is a byte budget shared by all binaries: user space frees the
+ * rows of binaries no process maps any more and evicts the least recently
+ * used ones under pressure, then writes other tables over them. So that a
+ * walk that read a process's mapping list just before it was updated never
+ * takes another binary's rows for its own, every table is preceded by a
+ * header row whose pc is RPROF_ROW_GEN | gen, gen being unique to that
+ * placement (rprof_proc_map.gen). User space zeroes the header before it
+ * reuses any of the table's rows, and writes it last when placing a table;
+ * the unwinder reads it after the rows it used and gives up on a mismatch.
+ * On x86-64 stores are seen in order, so a walk that read any row of the
+ * new table sees the zeroed header (a sequence lock, the header being the
+ * sequence).
  */
 #define RPROF_MAX_UNWIND_ROWS (1u << 19) /* 512K rows x 16 B = 8 MiB, resized by the loader */
+#define RPROF_ROW_GEN (1ull << 63)       /* marks a header row; file offsets never reach it */
 #define RPROF_MAX_PROC_MAPS   64          /* executable mappings per process */
 #define RPROF_MAX_PROCS       4096        /* processes with tables at once */
 
@@ -107,8 +121,10 @@ struct rprof_proc_map {
 	__u64 start;       /* runtime address range [start, end) */
 	__u64 end;
 	__u64 offset;      /* file offset of `start` */
-	__u32 row_start;   /* first row of the file's table */
+	__u32 row_start;   /* first row of the file's table; its header is row_start - 1 */
 	__u32 row_count;   /* 0: no table for this file */
+	__u32 gen;         /* the header reads RPROF_ROW_GEN | gen while the rows are this table's */
+	__u32 _pad;
 };
 
 struct rprof_proc_info {
@@ -118,11 +134,18 @@ struct rprof_proc_info {
 };
 
 _Static_assert(sizeof(struct rprof_unwind_row) == 16, "rprof_unwind_row must stay 16 bytes");
-_Static_assert(sizeof(struct rprof_proc_map) == 32, "rprof_proc_map must stay 32 bytes");
+_Static_assert(sizeof(struct rprof_proc_map) == 40, "rprof_proc_map must stay 40 bytes");
 
 /* rprof_sample.flags, continued */
 #define RPROF_FLAG_DWARF_UNWOUND    (1u << 2) /* user stack from the unwind tables */
 #define RPROF_FLAG_REACHED_ROOT     (1u << 3) /* the unwinder stopped at an outermost frame */
+/* A frame-pointer step gave a return address in no executable mapping of
+ * the process (garbage: rbp was not a frame pointer there); the walk ended
+ * before it and the address is not in the stack. */
+#define RPROF_FLAG_FP_TRUNCATED     (1u << 6)
+/* The walk stopped because a table's rows were being replaced (see
+ * RPROF_ROW_GEN); the frames before are good. */
+#define RPROF_FLAG_STALE_TABLE      (1u << 7)
 
 /*
  * Off-CPU (offcpu.h). rprof_sample.state: on CPU (a perf-event sample), a
@@ -133,7 +156,7 @@ _Static_assert(sizeof(struct rprof_proc_map) == 32, "rprof_proc_map must stay 32
 #define RPROF_STATE_OFF_CPU  1
 #define RPROF_STATE_RUNQUEUE 2
 
-/* rprof_sample.flags, off-CPU records */
+/* rprof_sample.flags, off-CPU records (bits 4 and 5; any record: 0-3, 6, 7) */
 #define RPROF_FLAG_SWEPT       (1u << 4) /* a still-blocked thread's wait so far, from the sweep */
 #define RPROF_FLAG_SINCE_START (1u << 5) /* blocked since before the capture: counted from its start */
 

@@ -27,9 +27,8 @@ char LICENSE[] SEC("license") = "GPL";
 
 /*
  * The task's saved user registers. On x86-64 the kernel's struct pt_regs
- * has the layout of the uapi one (asm/ptrace.h), which is ABI, so no CO-RE
- * relocation is needed, and the loader need not parse the kernel's BTF
- * (several megabytes of memory) at all.
+ * has the layout of the uapi one (asm/ptrace.h), which is ABI, so reading
+ * it needs no CO-RE relocation.
  */
 static __always_inline void user_regs(__u64 *ip, __u64 *sp, __u64 *bp)
 {
@@ -119,6 +118,8 @@ struct unwind_state {
 	__u32 depth;
 	__u32 root;
 	__u32 leaf_fp; /* the leaf frame was unwound with frame pointers */
+	__u32 fp_truncated; /* a frame-pointer step led nowhere mapped */
+	__u32 stale;   /* a table was being replaced under us */
 	__u32 slot;    /* UNWIND_SLOT_* of unwind_scratch */
 };
 
@@ -160,10 +161,10 @@ static __always_inline struct rprof_proc_map *find_map(struct rprof_proc_info *p
 	return pc < m->end ? m : NULL;
 }
 
-/* The row in effect at file offset `off`, or NULL. */
-static __always_inline struct rprof_unwind_row *find_row(struct rprof_proc_map *m, __u64 off)
+/* The row in effect at file offset `off` among `count` rows from `first`, or NULL. */
+static __always_inline struct rprof_unwind_row *find_row(__u32 first, __u32 count, __u64 off)
 {
-	__u32 lo = m->row_start, hi = m->row_start + m->row_count;
+	__u32 lo = first, hi = first + count;
 
 	/* Last row with pc <= off: 22 halvings cover 4M rows. */
 	for (int k = 0; k < 22; k++) {
@@ -177,10 +178,25 @@ static __always_inline struct rprof_unwind_row *find_row(struct rprof_proc_map *
 		lo += right * (mid + 1 - lo);
 		hi = mid + right * (hi - mid);
 	}
-	if (lo == m->row_start)
+	if (lo == first)
 		return NULL;
 	__u32 idx = lo - 1;
 	return bpf_map_lookup_elem(&unwind_rows, &idx);
+}
+
+/*
+ * Whether the rows from `first` still belong to the table placement `gen`:
+ * read after the rows themselves (see RPROF_ROW_GEN in abi.h).
+ */
+static __always_inline int table_is_current(__u32 first, __u32 gen)
+{
+	__u32 hdr = first - 1;
+
+	/* The rows were read before this: keep the compiler from moving
+	 * those loads after the header's. */
+	asm volatile("" ::: "memory");
+	struct rprof_unwind_row *h = bpf_map_lookup_elem(&unwind_rows, &hdr);
+	return h && *(volatile __u64 *)&h->pc == (RPROF_ROW_GEN | gen);
 }
 
 /*
@@ -208,16 +224,23 @@ static long unwind_step(__u32 i, void *ctx)
 	__u8 rule = RPROF_CFA_NONE;
 	__s32 cfa_off = 0;
 	__s16 rbp_off = 0;
-	if (m->row_count) {
-		struct rprof_unwind_row *r = find_row(m, pc - m->start + m->offset);
+	/* Once: user space may rewrite this mapping list while we walk. */
+	__u32 first = m->row_start, count = m->row_count, gen = m->gen;
+	if (count) {
+		struct rprof_unwind_row *r = find_row(first, count, pc - m->start + m->offset);
 		if (r) {
 			rule = r->cfa_reg;
 			cfa_off = r->cfa_offset;
 			rbp_off = r->rbp_offset;
 		}
+		if (!table_is_current(first, gen)) {
+			st->stale = 1;
+			return 1;
+		}
 	}
 
 	__u64 cfa;
+	int fp_step = 0;
 	switch (rule) {
 	case RPROF_CFA_END:
 		st->root = 1;
@@ -239,12 +262,25 @@ static long unwind_step(__u32 i, void *ctx)
 			st->leaf_fp = 1;
 		cfa = st->bp + 16;
 		rbp_off = -16;
+		fp_step = 1;
 		break;
 	}
 
 	__u64 ra = 0;
 	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8)) < 0 || !ra)
 		return 1;
+	/*
+	 * A frame-pointer step through code that does not keep rbp as a frame
+	 * pointer reads some saved value as the return address. Where that
+	 * lands in no executable mapping it is garbage: end the walk here,
+	 * without it. (A table's return address outside every mapping is
+	 * real, code mapped since user space looked: it is kept, and user
+	 * space re-reads the maps.)
+	 */
+	if (fp_step && !find_map(proc, ra - 1)) {
+		st->fp_truncated = 1;
+		return 1;
+	}
 	if (rbp_off) {
 		__u64 bp = 0;
 		if (bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + rbp_off)) < 0)
@@ -282,6 +318,10 @@ static __always_inline long unwind_user(struct rprof_sample *s, __u32 tgid, __u3
 	bpf_probe_read_kernel(s->user_stack, n * sizeof(__u64), out->pc);
 	if (st.root)
 		s->flags |= RPROF_FLAG_REACHED_ROOT;
+	if (st.fp_truncated)
+		s->flags |= RPROF_FLAG_FP_TRUNCATED;
+	if (st.stale)
+		s->flags |= RPROF_FLAG_STALE_TABLE;
 	/* A frameless leaf hides its caller from frame pointers: hand user
 	 * space the word at the stack pointer, as in frame-pointer mode. */
 	if (st.leaf_fp &&

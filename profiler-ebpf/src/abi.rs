@@ -19,6 +19,15 @@ pub const FLAG_KERNEL_STACK_ERR: u32 = 1 << 1;
 pub const FLAG_DWARF_UNWOUND: u32 = 1 << 2;
 /// The unwinder stopped at an outermost frame (`_start`, thread start).
 pub const FLAG_REACHED_ROOT: u32 = 1 << 3;
+/// A frame-pointer step gave a return address in no executable mapping:
+/// the walk ended before it, without it.
+pub const FLAG_FP_TRUNCATED: u32 = 1 << 6;
+/// The walk stopped because a table's rows were being replaced.
+pub const FLAG_STALE_TABLE: u32 = 1 << 7;
+
+/// Marks a table's header row: its `pc` is `ROW_GEN | gen`
+/// (`RPROF_ROW_GEN`; see [`ProcMap::gen`]).
+pub const ROW_GEN: u64 = 1 << 63;
 
 /// [`Sample::state`]: a perf-event sample, on CPU.
 pub const STATE_ON_CPU: u32 = 0;
@@ -94,9 +103,14 @@ pub struct ProcMap {
     pub start: u64,
     pub end: u64,
     pub offset: u64,
+    /// First row of the file's table; its header row is the one before.
     pub row_start: u32,
     /// 0: no table, frame pointers.
     pub row_count: u32,
+    /// The table's placement: its header row reads [`ROW_GEN`]` | gen`
+    /// for as long as the rows are this table's.
+    pub gen: u32,
+    pub _pad: u32,
 }
 
 /// The executable mappings of one process, sorted by start.
@@ -219,11 +233,12 @@ int main(void) {
     printf("FLAG_USER_STACK_ERR %u\nFLAG_KERNEL_STACK_ERR %u\n", RPROF_FLAG_USER_STACK_ERR, RPROF_FLAG_KERNEL_STACK_ERR);
     printf("MAP_SAMPLES %s\nMAP_TARGETS %s\nMAP_DROPS %s\n", RPROF_MAP_SAMPLES, RPROF_MAP_TARGETS, RPROF_MAP_DROPS);
     printf("FLAG_DWARF_UNWOUND %u\nFLAG_REACHED_ROOT %u\n", RPROF_FLAG_DWARF_UNWOUND, RPROF_FLAG_REACHED_ROOT);
+    printf("FLAG_FP_TRUNCATED %u\nFLAG_STALE_TABLE %u\nROW_GEN %llu\n", RPROF_FLAG_FP_TRUNCATED, RPROF_FLAG_STALE_TABLE, RPROF_ROW_GEN);
     printf("MAX_UNWIND_ROWS %u\nMAX_PROC_MAPS %d\nMAX_PROCS %d\n", RPROF_MAX_UNWIND_ROWS, RPROF_MAX_PROC_MAPS, RPROF_MAX_PROCS);
     printf("CFA %d %d %d %d %d\n", RPROF_CFA_NONE, RPROF_CFA_RSP, RPROF_CFA_RBP, RPROF_CFA_PLT, RPROF_CFA_END);
     printf("MAP_UNWIND_ROWS %s\nMAP_PROCS %s\n", RPROF_MAP_UNWIND_ROWS, RPROF_MAP_PROCS);
     printf("row %zu %zu %zu %zu %zu\n", sizeof(struct rprof_unwind_row), offsetof(struct rprof_unwind_row, pc), offsetof(struct rprof_unwind_row, cfa_offset), offsetof(struct rprof_unwind_row, rbp_offset), offsetof(struct rprof_unwind_row, cfa_reg));
-    printf("map %zu %zu %zu %zu %zu %zu\n", sizeof(struct rprof_proc_map), offsetof(struct rprof_proc_map, start), offsetof(struct rprof_proc_map, end), offsetof(struct rprof_proc_map, offset), offsetof(struct rprof_proc_map, row_start), offsetof(struct rprof_proc_map, row_count));
+    printf("map %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct rprof_proc_map), offsetof(struct rprof_proc_map, start), offsetof(struct rprof_proc_map, end), offsetof(struct rprof_proc_map, offset), offsetof(struct rprof_proc_map, row_start), offsetof(struct rprof_proc_map, row_count), offsetof(struct rprof_proc_map, gen));
     printf("proc %zu %zu %zu\n", sizeof(struct rprof_proc_info), offsetof(struct rprof_proc_info, count), offsetof(struct rprof_proc_info, maps));
     printf("STATE %d %d %d\n", RPROF_STATE_ON_CPU, RPROF_STATE_OFF_CPU, RPROF_STATE_RUNQUEUE);
     printf("OFFCPU_FLAGS %u %u %llu\n", RPROF_FLAG_SWEPT, RPROF_FLAG_SINCE_START, RPROF_OFFCPU_WINDOW_NS);
@@ -276,6 +291,9 @@ int main(void) {
             ("MAP_DROPS", MAP_DROPS.to_string()),
             ("FLAG_DWARF_UNWOUND", FLAG_DWARF_UNWOUND.to_string()),
             ("FLAG_REACHED_ROOT", FLAG_REACHED_ROOT.to_string()),
+            ("FLAG_FP_TRUNCATED", FLAG_FP_TRUNCATED.to_string()),
+            ("FLAG_STALE_TABLE", FLAG_STALE_TABLE.to_string()),
+            ("ROW_GEN", ROW_GEN.to_string()),
             ("MAX_UNWIND_ROWS", MAX_UNWIND_ROWS.to_string()),
             ("MAX_PROC_MAPS", MAX_PROC_MAPS.to_string()),
             ("MAX_PROCS", MAX_PROCS.to_string()),
@@ -299,13 +317,14 @@ int main(void) {
             (
                 "map",
                 format!(
-                    "{} {} {} {} {} {}",
+                    "{} {} {} {} {} {} {}",
                     size_of::<ProcMap>(),
                     offset_of!(ProcMap, start),
                     offset_of!(ProcMap, end),
                     offset_of!(ProcMap, offset),
                     offset_of!(ProcMap, row_start),
-                    offset_of!(ProcMap, row_count)
+                    offset_of!(ProcMap, row_count),
+                    offset_of!(ProcMap, gen)
                 ),
             ),
             (
@@ -361,6 +380,27 @@ int main(void) {
             fresh == committed,
             "bpf/profile.bpf.o is stale: run `cargo xtask bpf` and commit the result"
         );
+    }
+
+    /// Every record's flags, the off-CPU ones included: one bit each.
+    #[test]
+    fn flag_bits_are_distinct() {
+        let flags = [
+            FLAG_USER_STACK_ERR,
+            FLAG_KERNEL_STACK_ERR,
+            FLAG_DWARF_UNWOUND,
+            FLAG_REACHED_ROOT,
+            FLAG_FP_TRUNCATED,
+            FLAG_STALE_TABLE,
+            FLAG_SWEPT,
+            FLAG_SINCE_START,
+        ];
+        let all = flags.iter().fold(0u32, |acc, f| {
+            assert_eq!(f.count_ones(), 1, "{f:#x}");
+            assert_eq!(acc & f, 0, "{f:#x} is used twice");
+            acc | f
+        });
+        assert_eq!(all.count_ones() as usize, flags.len());
     }
 
     #[test]

@@ -77,9 +77,14 @@ struct RecordArgs {
     /// binary has them and frame pointers elsewhere.
     #[arg(long, value_enum, default_value_t = Unwind::Auto)]
     unwind: Unwind,
-    /// Rows in the kernel's unwind table (16 bytes each).
-    #[arg(long, default_value_t = profiler_ebpf::abi::MAX_UNWIND_ROWS, value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
-    unwind_rows: u32,
+    /// Kernel memory for unwind tables (e.g. 64MiB), allocated up front;
+    /// the least used tables are evicted when it is full. Default: 1/32 of
+    /// RAM, from 32MiB to 128MiB.
+    #[arg(long, value_parser = rprof_bpf::unwind::loader::parse_memory)]
+    unwind_memory: Option<u64>,
+    /// The same budget in rows of 16 bytes (older spelling).
+    #[arg(long, conflicts_with = "unwind_memory", value_parser = clap::value_parser!(u32).range(2..=rprof_bpf::unwind::loader::MAX_ROWS as i64))]
+    unwind_rows: Option<u32>,
     /// Ring buffer size in KiB (a power of two, at least 4). Default: half
     /// a second of samples at the chosen frequency on every CPU.
     #[arg(long, value_parser = parse_ring_kib)]
@@ -194,7 +199,12 @@ fn record_main(a: RecordArgs) -> anyhow::Result<()> {
             .ring_size
             .map_or_else(|| record::default_ring_bytes(a.frequency), |kib| kib * 1024),
         unwind: a.unwind,
-        unwind_rows: a.unwind_rows,
+        unwind_rows: a.unwind_rows.unwrap_or_else(|| {
+            let bytes = a
+                .unwind_memory
+                .unwrap_or_else(rprof_bpf::unwind::loader::default_memory);
+            rprof_bpf::unwind::loader::rows_for(bytes)
+        }),
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let s = record::run(&opts)?;

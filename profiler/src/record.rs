@@ -331,16 +331,7 @@ fn describe_targets(pids: &[u32]) -> String {
 }
 
 fn print_unwind_stats(st: &UnwindStats) {
-    eprintln!(
-        "unwind tables: {} binaries ({:.1} MiB of code), {} of {} rows ({:.1} MiB), {} processes, built in {} ms",
-        st.binaries,
-        st.text_bytes as f64 / (1024.0 * 1024.0),
-        st.rows,
-        st.capacity,
-        f64::from(st.rows) * 16.0 / (1024.0 * 1024.0),
-        st.processes,
-        st.build_time.as_millis()
-    );
+    eprintln!("unwind tables: {st}");
 }
 
 /// Says why the capture ended early, and what it lost.

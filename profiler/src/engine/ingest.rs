@@ -107,7 +107,8 @@ pub struct IngestStats {
     pub samples: u64,
     /// Samples whose user stack the kernel could not read.
     pub user_stack_errors: u64,
-    /// Stacks cut at an address in no executable mapping.
+    /// Stacks cut at an address in no executable mapping: new stacks cut
+    /// here, and samples the BPF unwinder cut (`FLAG_FP_TRUNCATED`).
     pub truncated_stacks: u64,
     /// Processes registered, and those gone before we could read them.
     pub processes: u64,
@@ -278,6 +279,12 @@ impl Ingest {
         self.stats.samples += 1;
         if s.flags & profiler_ebpf::abi::FLAG_USER_STACK_ERR != 0 {
             self.stats.user_stack_errors += 1;
+        }
+        if s.flags & profiler_ebpf::abi::FLAG_FP_TRUNCATED != 0 {
+            self.stats.truncated_stacks += 1;
+        }
+        if let Some(w) = &mut self.tables {
+            w.touch(s.pid);
         }
         let key = ProcKey {
             pid: s.pid,
@@ -497,7 +504,9 @@ impl Ingest {
             } => *pid,
             _ => return,
         };
-        if self.live.get(&pid).is_some_and(|p| p.alive) {
+        // A target loaded before the capture may not have been sampled yet
+        // (a dlopen after a sleep): it needs the new mappings' tables too.
+        if self.live.get(&pid).is_some_and(|p| p.alive) || self.prewarmed.contains_key(&pid) {
             self.reload.insert(pid);
         }
     }
