@@ -86,7 +86,7 @@ pub fn go127() -> PathBuf {
 }
 
 /// Debian's clang++-19 (the BPF compiler's package), as a big C++ workload.
-pub fn clangxx19() -> Option<PathBuf> {
+pub fn clangxx19() -> PathBuf {
     require(
         PathBuf::from("/usr/bin/clang++-19"),
         "clang++-19 (clang-19)",
