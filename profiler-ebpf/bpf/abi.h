@@ -163,12 +163,75 @@ _Static_assert(sizeof(struct rprof_proc_map) == 40, "rprof_proc_map must stay 40
 /* Per-CPU window of the off-CPU rate limit, in ns. */
 #define RPROF_OFFCPU_WINDOW_NS 100000000ull
 
+/*
+ * Go pprof labels (go.h). For a process user space registered in go_procs
+ * (RPROF_MAP_GO_PROCS: its runtime layout), every record is a
+ * struct rprof_go_sample: the sample, then the labels of the goroutine
+ * the thread ran (or blocked in), copied at sample time. Other processes'
+ * records stay struct rprof_sample; the length tells them apart.
+ */
+#define RPROF_GO_MAX_LABELS 10  /* labels copied per set; more: RPROF_GO_CUT */
+#define RPROF_GO_KEY_LEN    64  /* bytes of a key copied; longer ones are cut */
+#define RPROF_GO_VALUE_LEN  128 /* bytes of a value copied; longer ones are cut */
+#define RPROF_MAX_GO_PROCS  4096
+
+/* rprof_go_proc.format: what g.labels points at. */
+#define RPROF_GO_LABELS_MAP   1 /* *map[string]string (classic hmap): Go <= 1.23 */
+#define RPROF_GO_LABELS_SLICE 2 /* LabelSet{list []label}, sorted by key: Go >= 1.24 */
+
+/* How to find the running goroutine's labels in one Go process. */
+struct rprof_go_proc {
+	__s64 tls_g;     /* offset of the current g from the FS base */
+	__u32 g_m;       /* offsetof(runtime.g, m) */
+	__u32 g_labels;  /* offsetof(runtime.g, labels) */
+	__u32 g_goid;    /* offsetof(runtime.g, goid) */
+	__u32 m_curg;    /* offsetof(runtime.m, curg) */
+	__u32 m_procid;  /* offsetof(runtime.m, procid): the thread's tid */
+	__u32 format;    /* RPROF_GO_LABELS_* */
+};
+
+/* rprof_go_labels.status */
+#define RPROF_GO_NONE     0 /* no goroutine on the thread (no g, or the scheduler's) */
+#define RPROF_GO_OK       1 /* goid and `count` labels are valid (0: unlabelled) */
+#define RPROF_GO_MISMATCH 2 /* m.procid is not the thread: chain untrusted, nothing read */
+#define RPROF_GO_FAULT    3 /* a read of the runtime's memory failed: labels dropped */
+#define RPROF_GO_BAD      4 /* implausible label data (length, map shape): dropped */
+
+/* rprof_go_labels.flags */
+#define RPROF_GO_CUT (1u << 0) /* the set had more than RPROF_GO_MAX_LABELS labels */
+
+struct rprof_go_label {
+	__u32 key_len;   /* the key's length in Go; above RPROF_GO_KEY_LEN, cut */
+	__u32 value_len; /* the value's; above RPROF_GO_VALUE_LEN, cut */
+	char key[RPROF_GO_KEY_LEN];
+	char value[RPROF_GO_VALUE_LEN];
+};
+
+struct rprof_go_labels {
+	__u64 goid;      /* curg.goid, when status is RPROF_GO_OK */
+	__u32 status;    /* RPROF_GO_* */
+	__u16 count;     /* valid entries in labels */
+	__u16 flags;     /* RPROF_GO_CUT */
+	struct rprof_go_label labels[RPROF_GO_MAX_LABELS];
+};
+
+struct rprof_go_sample {
+	struct rprof_sample s;
+	struct rprof_go_labels go;
+};
+
+_Static_assert(sizeof(struct rprof_go_label) == 8 + RPROF_GO_KEY_LEN + RPROF_GO_VALUE_LEN,
+	       "rprof_go_label size changed: update profiler-ebpf/src/abi.rs");
+_Static_assert(__builtin_offsetof(struct rprof_go_sample, go) == sizeof(struct rprof_sample),
+	       "rprof_go_sample.go must follow the sample");
+
 /* Names user space uses to find maps and globals in the object. */
 #define RPROF_MAP_SAMPLES "samples"
 #define RPROF_MAP_TARGETS "targets"
 #define RPROF_MAP_DROPS   "drops"
 #define RPROF_MAP_UNWIND_ROWS "unwind_rows"
 #define RPROF_MAP_PROCS       "unwind_procs"
+#define RPROF_MAP_GO_PROCS "go_procs" /* hash tgid -> struct rprof_go_proc */
 #define RPROF_MAP_OFFCPU_EPOCH "offcpu_epoch" /* array[1] of u64: when the capture started (CLOCK_MONOTONIC ns) */
 #define RPROF_MAP_OFFCPU_DROPS "offcpu_drops" /* per-CPU u64: waits the rate limit did not record */
 #define RPROF_PROG_OFFCPU_SWITCH "rprof_offcpu_switch" /* tp_btf/sched_switch */

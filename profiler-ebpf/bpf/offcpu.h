@@ -79,7 +79,8 @@ struct offcpu_task {
 	__u32 state;    /* RPROF_STATE_* of the wait */
 	__u8 armed;     /* preempted and unwound: weight scale shift; NOT_ARMED */
 	__u8 pending;   /* a kept voluntary wait waits for its user stack */
-	__u16 _pad;
+	__u8 go_armed;  /* preempted: its goroutine's labels are in offcpu_go */
+	__u8 _pad;
 };
 
 struct {
@@ -99,6 +100,17 @@ struct {
 	__type(key, int);
 	__type(value, struct rprof_sample);
 } offcpu_pending SEC(".maps");
+
+/*
+ * The labels of a Go thread's goroutine (go.h), read when its user stack
+ * is: kept until the record is sent. Only threads of Go processes have one.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct rprof_go_labels);
+} offcpu_go SEC(".maps");
 
 /* When the capture started: waits that began before count from here. */
 struct {
@@ -180,11 +192,45 @@ static __always_inline __u64 ring_wake_flags(void)
 									      : BPF_RB_NO_WAKEUP;
 }
 
-/* Sends an assembled record; a full ring counts as a lost sample. */
-static __always_inline void offcpu_send(struct rprof_sample *s)
+/*
+ * The labels of the goroutine the current task (tgid, tid) runs, read now
+ * into its offcpu_go storage; NULL if the process is not a registered Go
+ * process (or the storage cannot be had: the record goes without).
+ */
+static __always_inline struct rprof_go_labels *offcpu_go_now(struct task_struct *task, __u32 tgid,
+							      __u32 tid, __u32 slot)
 {
-	if (bpf_ringbuf_output(&samples, s, sizeof(*s), ring_wake_flags()) < 0)
+	struct rprof_go_proc *gp = bpf_map_lookup_elem(&go_procs, &tgid);
+
+	if (!gp)
+		return NULL;
+	struct rprof_go_labels *go =
+		bpf_task_storage_get(&offcpu_go, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!go)
+		return NULL;
+	go_labels(go, gp, task, tid, NULL, slot);
+	return go;
+}
+
+/*
+ * Sends an assembled record, with its goroutine's labels when `go` is set
+ * (a struct rprof_go_sample); a full ring counts as a lost sample.
+ */
+static __always_inline void offcpu_send(struct rprof_sample *s, struct rprof_go_labels *go)
+{
+	if (!go) {
+		if (bpf_ringbuf_output(&samples, s, sizeof(*s), ring_wake_flags()) < 0)
+			count_lost();
+		return;
+	}
+	struct rprof_go_sample *r = bpf_ringbuf_reserve(&samples, sizeof(*r), 0);
+	if (!r) {
 		count_lost();
+		return;
+	}
+	bpf_probe_read_kernel(&r->s, sizeof(r->s), s);
+	bpf_probe_read_kernel(&r->go, sizeof(r->go), go);
+	bpf_ringbuf_submit(r, ring_wake_flags());
 }
 
 /* The identity and timing fields of a record about task t. */
@@ -243,12 +289,14 @@ static __always_inline void offcpu_out(void *ctx, struct task_struct___offcpu *p
 			bpf_probe_read_kernel(&nr, sizeof(nr), &r->orig_rax);
 			s->syscall = nr;
 			user_stack(ctx, s, tgid, UNWIND_SLOT_SWITCH);
-			offcpu_send(s);
+			offcpu_send(s, offcpu_go_now((struct task_struct *)prev, tgid, prev->pid,
+						     GO_SLOT_SWITCH));
 		}
 	}
 	int runq = preempt || prev_state == TASK_RUNNING;
 	t->state = runq ? RPROF_STATE_RUNQUEUE : RPROF_STATE_OFF_CPU;
 	t->armed = NOT_ARMED;
+	t->go_armed = 0;
 	if (runq) {
 		struct offcpu_limit *l = offcpu_limiter(now);
 		__u32 shift = l ? l->shift : 0;
@@ -260,6 +308,8 @@ static __always_inline void offcpu_out(void *ctx, struct task_struct___offcpu *p
 			if (s) {
 				s->flags = 0;
 				user_stack(ctx, s, tgid, UNWIND_SLOT_SWITCH);
+				t->go_armed = offcpu_go_now((struct task_struct *)prev, tgid, prev->pid,
+							    GO_SLOT_SWITCH) != NULL;
 				t->armed = shift;
 				if (l)
 					l->used++;
@@ -321,7 +371,11 @@ static __always_inline void offcpu_in(struct task_struct___offcpu *next, __u64 n
 		offcpu_meta(s, next, now, w, state);
 		s->flags |= flags;
 		offcpu_kernel_stack(s, next);
-		offcpu_send(s);
+		struct rprof_go_labels *go = NULL;
+		if (t->go_armed)
+			go = bpf_task_storage_get(&offcpu_go, (struct task_struct *)next, 0, 0);
+		t->go_armed = 0;
+		offcpu_send(s, go);
 		return;
 	}
 
@@ -375,7 +429,7 @@ int rprof_offcpu_sys_exit(unsigned long long *ctx)
 	struct offcpu_limit *l = offcpu_limiter(bpf_ktime_get_ns());
 	if (l)
 		l->used++;
-	offcpu_send(s);
+	offcpu_send(s, offcpu_go_now(task, s->pid, s->tid, GO_SLOT_EXIT));
 	return 0;
 }
 
@@ -455,7 +509,16 @@ int rprof_offcpu_sweep(struct bpf_iter__task *ctx)
 	__u64 w = rule_weight(now - since, offcpu_period_ns, bpf_get_prandom_u32());
 	if (!w)
 		return 0;
-	struct rprof_sample *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
+	__u32 tgid = task->tgid;
+	struct rprof_go_proc *gp = bpf_map_lookup_elem(&go_procs, &tgid);
+	struct rprof_go_sample *gs = NULL;
+	struct rprof_sample *s;
+	if (gp) {
+		gs = bpf_ringbuf_reserve(&samples, sizeof(*gs), 0);
+		s = gs ? &gs->s : NULL;
+	} else {
+		s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
+	}
 	if (!s) {
 		count_lost();
 		return 0;
@@ -464,6 +527,10 @@ int rprof_offcpu_sweep(struct bpf_iter__task *ctx)
 	offcpu_meta(s, task, now, w, state);
 	offcpu_kernel_stack(s, task);
 	offcpu_task_user_stack(s, (struct task_struct *)task);
+	/* Still blocked: the goroutine it blocked in, from its memory. */
+	if (gs && gp)
+		go_labels(&gs->go, gp, (struct task_struct *)task, task->pid, (struct task_struct *)task,
+			  GO_SLOT_SWEEP);
 	bpf_ringbuf_submit(s, ring_wake_flags());
 	return 0;
 }

@@ -381,6 +381,8 @@ static __always_inline __u64 process_start_ns(void)
 	return BPF_CORE_READ(task, group_leader, start_time);
 }
 
+#include "go.h"
+
 /* A record the full ring buffer could not take. */
 static __always_inline void count_lost(void)
 {
@@ -405,7 +407,16 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 	if (filter_pids && !bpf_map_lookup_elem(&targets, &tgid))
 		return 0;
 
-	struct rprof_sample *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
+	/* A Go process's records carry its goroutine's labels (go.h). */
+	struct rprof_go_proc *gp = bpf_map_lookup_elem(&go_procs, &tgid);
+	struct rprof_go_sample *gs = NULL;
+	struct rprof_sample *s;
+	if (gp) {
+		gs = bpf_ringbuf_reserve(&samples, sizeof(*gs), 0);
+		s = gs ? &gs->s : NULL;
+	} else {
+		s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
+	}
 	if (!s) {
 		count_lost();
 		return 0;
@@ -433,6 +444,10 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 		}
 		s->kernel_frames = n / sizeof(__u64);
 	}
+
+	if (gs && gp)
+		go_labels(&gs->go, gp, (struct task_struct *)bpf_get_current_task(), tid, NULL,
+			  GO_SLOT_PERF);
 
 	__u64 flags = BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA) >= wakeup_bytes)

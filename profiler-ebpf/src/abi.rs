@@ -147,7 +147,122 @@ pub const GLOBAL_CAPTURE_KERNEL: &str = "capture_kernel";
 /// `.rodata` global (u64): wake the reader once this many bytes wait.
 pub const GLOBAL_WAKEUP_BYTES: &str = "wakeup_bytes";
 
-/// One sample as the BPF program writes it (`struct rprof_sample`).
+/// Labels copied per set (`RPROF_GO_MAX_LABELS`); a longer set is cut
+/// ([`GO_CUT`]).
+pub const GO_MAX_LABELS: usize = 10;
+/// Bytes of a label key copied (`RPROF_GO_KEY_LEN`).
+pub const GO_KEY_LEN: usize = 64;
+/// Bytes of a label value copied (`RPROF_GO_VALUE_LEN`).
+pub const GO_VALUE_LEN: usize = 128;
+/// Entries of [`MAP_GO_PROCS`] (`RPROF_MAX_GO_PROCS`).
+pub const MAX_GO_PROCS: u32 = 4096;
+/// Hash map tgid → [`GoProc`]: the Go processes whose records carry labels.
+pub const MAP_GO_PROCS: &str = "go_procs";
+/// [`GoProc::format`]: `g.labels` is a `*map[string]string` (Go ≤ 1.23).
+pub const GO_LABELS_MAP: u32 = 1;
+/// [`GoProc::format`]: `g.labels` is a `LabelSet{list []label}` (Go ≥ 1.24).
+pub const GO_LABELS_SLICE: u32 = 2;
+/// [`GoLabels::status`]: no user goroutine on the thread.
+pub const GO_NONE: u32 = 0;
+/// [`GoLabels::status`]: `goid` and `count` labels are valid.
+pub const GO_OK: u32 = 1;
+/// [`GoLabels::status`]: `m.procid` was not the sampled thread.
+pub const GO_MISMATCH: u32 = 2;
+/// [`GoLabels::status`]: a read of the runtime's memory failed.
+pub const GO_FAULT: u32 = 3;
+/// [`GoLabels::status`]: implausible label data.
+pub const GO_BAD: u32 = 4;
+/// [`GoLabels::flags`]: the set had more than [`GO_MAX_LABELS`] labels.
+pub const GO_CUT: u16 = 1 << 0;
+
+/// How the BPF programs find one Go process's goroutine labels
+/// (`struct rprof_go_proc`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoProc {
+    /// Offset of the current `g` from the FS base.
+    pub tls_g: i64,
+    pub g_m: u32,
+    pub g_labels: u32,
+    pub g_goid: u32,
+    pub m_curg: u32,
+    pub m_procid: u32,
+    /// [`GO_LABELS_MAP`] or [`GO_LABELS_SLICE`].
+    pub format: u32,
+}
+
+/// One label as copied (`struct rprof_go_label`): the Go lengths, and up
+/// to the caps of bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoLabel {
+    pub key_len: u32,
+    pub value_len: u32,
+    pub key: [u8; GO_KEY_LEN],
+    pub value: [u8; GO_VALUE_LEN],
+}
+
+/// The labels of a sampled goroutine (`struct rprof_go_labels`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoLabels {
+    pub goid: u64,
+    /// One of the `GO_*` statuses; [`GO_NONE`] in records of processes not
+    /// registered as Go.
+    pub status: u32,
+    pub count: u16,
+    pub flags: u16,
+    pub labels: [GoLabel; GO_MAX_LABELS],
+}
+
+impl Default for GoLabels {
+    fn default() -> Self {
+        GoLabels {
+            goid: 0,
+            status: GO_NONE,
+            count: 0,
+            flags: 0,
+            labels: [GoLabel {
+                key_len: 0,
+                value_len: 0,
+                key: [0; GO_KEY_LEN],
+                value: [0; GO_VALUE_LEN],
+            }; GO_MAX_LABELS],
+        }
+    }
+}
+
+impl GoLabels {
+    /// The valid labels (none unless the status is [`GO_OK`]).
+    pub fn valid(&self) -> &[GoLabel] {
+        if self.status != GO_OK {
+            return &[];
+        }
+        &self.labels[..usize::from(self.count).min(GO_MAX_LABELS)]
+    }
+}
+
+impl GoLabel {
+    /// The bytes of the key that were copied.
+    pub fn key(&self) -> &[u8] {
+        &self.key[..(self.key_len as usize).min(GO_KEY_LEN)]
+    }
+
+    /// The bytes of the value that were copied.
+    pub fn value(&self) -> &[u8] {
+        &self.value[..(self.value_len as usize).min(GO_VALUE_LEN)]
+    }
+
+    /// Whether the key or the value was longer than its cap.
+    pub fn is_cut(&self) -> bool {
+        self.key_len as usize > GO_KEY_LEN || self.value_len as usize > GO_VALUE_LEN
+    }
+}
+
+/// One sample as the BPF program writes it: `struct rprof_sample`, then
+/// for processes registered as Go the labels of the goroutine
+/// (`struct rprof_go_sample`). [`Sample::from_bytes`] reads either; `go`
+/// is [`GoLabels::default`] (status [`GO_NONE`]) for the shorter one.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Sample {
@@ -173,19 +288,41 @@ pub struct Sample {
     pub state: u32,
     /// The syscall an off-CPU wait blocked in, else -1.
     pub syscall: i32,
+    /// The goroutine's labels (records of Go processes only).
+    pub go: GoLabels,
 }
 
+/// Bytes of a record without labels (`sizeof(struct rprof_sample)`).
+pub const SAMPLE_BYTES: usize = std::mem::offset_of!(Sample, go);
+
 impl Sample {
-    /// Reads a record from ring-buffer bytes. `None` if it is too short,
-    /// which only a kernel/user ABI mismatch could cause.
+    /// Reads a record from ring-buffer bytes: a sample, with labels if
+    /// the record has them. `None` if it is too short, which only a
+    /// kernel/user ABI mismatch could cause.
     pub fn from_bytes(bytes: &[u8]) -> Option<Sample> {
-        if bytes.len() < std::mem::size_of::<Sample>() {
+        if bytes.len() >= std::mem::size_of::<Sample>() {
+            // SAFETY: the length is checked above, `Sample` is plain old
+            // data (every bit pattern is valid) and read_unaligned has no
+            // alignment requirement.
+            return Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Sample>()) });
+        }
+        if bytes.len() < SAMPLE_BYTES {
             return None;
         }
-        // SAFETY: the length is checked above, `Sample` is plain old data
-        // (every bit pattern is valid) and read_unaligned has no alignment
-        // requirement.
-        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Sample>()) })
+        let mut s = std::mem::MaybeUninit::<Sample>::uninit();
+        // SAFETY: the first SAMPLE_BYTES bytes of `Sample` are the short
+        // record, copied from a slice at least that long; the rest, `go`,
+        // is written right after, so every byte is initialized, and every
+        // bit pattern is a valid `Sample`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                s.as_mut_ptr().cast::<u8>(),
+                SAMPLE_BYTES,
+            );
+            std::ptr::addr_of_mut!((*s.as_mut_ptr()).go).write(GoLabels::default());
+            Some(s.assume_init())
+        }
     }
 
     /// The valid user frames, innermost first.
@@ -226,7 +363,14 @@ mod tests {
 #include "abi.h"
 #define F(m) printf(#m " %zu\n", offsetof(struct rprof_sample, m))
 int main(void) {
-    printf("size %zu\n", sizeof(struct rprof_sample));
+    printf("size %zu\n", sizeof(struct rprof_go_sample));
+    printf("short %zu\n", sizeof(struct rprof_sample));
+    printf("go %zu\n", offsetof(struct rprof_go_sample, go));
+    printf("go_labels %zu %zu %zu %zu %zu %zu\n", sizeof(struct rprof_go_labels), offsetof(struct rprof_go_labels, goid), offsetof(struct rprof_go_labels, status), offsetof(struct rprof_go_labels, count), offsetof(struct rprof_go_labels, flags), offsetof(struct rprof_go_labels, labels));
+    printf("go_label %zu %zu %zu %zu %zu\n", sizeof(struct rprof_go_label), offsetof(struct rprof_go_label, key_len), offsetof(struct rprof_go_label, value_len), offsetof(struct rprof_go_label, key), offsetof(struct rprof_go_label, value));
+    printf("go_proc %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct rprof_go_proc), offsetof(struct rprof_go_proc, tls_g), offsetof(struct rprof_go_proc, g_m), offsetof(struct rprof_go_proc, g_labels), offsetof(struct rprof_go_proc, g_goid), offsetof(struct rprof_go_proc, m_curg), offsetof(struct rprof_go_proc, m_procid), offsetof(struct rprof_go_proc, format));
+    printf("GO %d %d %d %d %s %d %d\n", RPROF_GO_MAX_LABELS, RPROF_GO_KEY_LEN, RPROF_GO_VALUE_LEN, RPROF_MAX_GO_PROCS, RPROF_MAP_GO_PROCS, RPROF_GO_LABELS_MAP, RPROF_GO_LABELS_SLICE);
+    printf("GO_STATUS %d %d %d %d %d %u\n", RPROF_GO_NONE, RPROF_GO_OK, RPROF_GO_MISMATCH, RPROF_GO_FAULT, RPROF_GO_BAD, RPROF_GO_CUT);
     F(pid); F(tid); F(cpu); F(flags); F(time_ns); F(period); F(start_ns); F(user_sp_word);
     F(user_frames); F(kernel_frames); F(comm); F(user_stack); F(kernel_stack); F(state); F(syscall);
     printf("MAX_FRAMES %d\nCOMM_LEN %d\nMAX_TARGETS %d\n", RPROF_MAX_FRAMES, RPROF_COMM_LEN, RPROF_MAX_TARGETS);
@@ -263,6 +407,53 @@ int main(void) {
 
         let rust = [
             ("size", size_of::<Sample>().to_string()),
+            ("short", SAMPLE_BYTES.to_string()),
+            ("go", offset_of!(Sample, go).to_string()),
+            (
+                "go_labels",
+                format!(
+                    "{} {} {} {} {} {}",
+                    size_of::<GoLabels>(),
+                    offset_of!(GoLabels, goid),
+                    offset_of!(GoLabels, status),
+                    offset_of!(GoLabels, count),
+                    offset_of!(GoLabels, flags),
+                    offset_of!(GoLabels, labels)
+                ),
+            ),
+            (
+                "go_label",
+                format!(
+                    "{} {} {} {} {}",
+                    size_of::<GoLabel>(),
+                    offset_of!(GoLabel, key_len),
+                    offset_of!(GoLabel, value_len),
+                    offset_of!(GoLabel, key),
+                    offset_of!(GoLabel, value)
+                ),
+            ),
+            (
+                "go_proc",
+                format!(
+                    "{} {} {} {} {} {} {} {}",
+                    size_of::<GoProc>(),
+                    offset_of!(GoProc, tls_g),
+                    offset_of!(GoProc, g_m),
+                    offset_of!(GoProc, g_labels),
+                    offset_of!(GoProc, g_goid),
+                    offset_of!(GoProc, m_curg),
+                    offset_of!(GoProc, m_procid),
+                    offset_of!(GoProc, format)
+                ),
+            ),
+            (
+                "GO",
+                format!("{GO_MAX_LABELS} {GO_KEY_LEN} {GO_VALUE_LEN} {MAX_GO_PROCS} {MAP_GO_PROCS} {GO_LABELS_MAP} {GO_LABELS_SLICE}"),
+            ),
+            (
+                "GO_STATUS",
+                format!("{GO_NONE} {GO_OK} {GO_MISMATCH} {GO_FAULT} {GO_BAD} {GO_CUT}"),
+            ),
             ("pid", offset_of!(Sample, pid).to_string()),
             ("tid", offset_of!(Sample, tid).to_string()),
             ("cpu", offset_of!(Sample, cpu).to_string()),

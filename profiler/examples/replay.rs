@@ -267,6 +267,7 @@ fn templates(pid: u32, rng: &mut Rng) -> Option<Proc> {
                 kernel_stack: [0; MAX_FRAMES],
                 state: 0,
                 syscall: -1,
+                go: Default::default(),
             };
             let depth = 16 + rng.below(25) as usize;
             for slot in s.user_stack.iter_mut().take(depth) {

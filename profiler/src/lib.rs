@@ -24,6 +24,7 @@ pub mod capture;
 pub mod engine;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod golabels;
 pub mod goruntime;
 pub mod logging;
 pub mod offline;

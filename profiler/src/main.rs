@@ -89,6 +89,10 @@ struct RecordArgs {
     /// a second of samples at the chosen frequency on every CPU.
     #[arg(long, value_parser = parse_ring_kib)]
     ring_size: Option<u32>,
+    /// Add each Go sample's goroutine id as a numeric `goid` label (high
+    /// cardinality: one stack per goroutine).
+    #[arg(long)]
+    go_goid: bool,
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
@@ -206,6 +210,7 @@ fn record_main(a: RecordArgs) -> anyhow::Result<()> {
             rprof_bpf::unwind::loader::rows_for(bytes)
         }),
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        go_goid: a.go_goid,
     };
     let s = record::run(&opts)?;
     let mut truncated = if s.truncated > 0 {

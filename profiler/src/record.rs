@@ -44,6 +44,8 @@ pub struct RecordOptions {
     pub unwind_rows: u32,
     /// The command line, recorded in the profile's comment.
     pub command: String,
+    /// A numeric `goid` label on Go processes' samples (`--go-goid`).
+    pub go_goid: bool,
 }
 
 /// Why recording failed.
@@ -154,6 +156,10 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
             ),
         }
     }
+    // Goroutine labels of Go processes: the targets registered now.
+    if let Some(go) = crate::golabels::GoLabeling::from_capture(&mut capture, opts.go_goid) {
+        ingest.set_go(go);
+    }
     // Installed before sampling starts: from here on Ctrl-C stops the
     // capture and still writes the profile.
     let mut sigint = signal(SignalKind::interrupt()).map_err(CaptureError::Ring)?;
@@ -221,6 +227,11 @@ async fn record(opts: &RecordOptions) -> Result<Summary, RecordError> {
         bpf_run_ns: stats.bpf_run_ns,
         bpf_run_cnt: stats.bpf_run_cnt,
         rate_limited: stats.offcpu_rate_limited,
+        notes: ingest
+            .go()
+            .and_then(|g| g.decoder.stats().comment())
+            .into_iter()
+            .collect(),
     };
     let symbolize = !opts.no_symbolize;
     let kallsyms = (symbolize && !opts.user_only)

@@ -29,6 +29,10 @@ pub struct AgentArgs {
     /// `event=off-cpu` and `event=wall` profiles.
     #[arg(long)]
     pub off_cpu: bool,
+    /// Add each Go sample's goroutine id as a numeric `goid` label (high
+    /// cardinality: one stack per goroutine).
+    #[arg(long)]
+    pub go_goid: bool,
     /// How long samples stay in memory (e.g. 120s, 5m).
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub retain: Duration,

@@ -367,6 +367,7 @@ async fn profile_handler(
         bpf_run_ns: 0,
         bpf_run_cnt: 0,
         rate_limited: 0,
+        notes: Vec::new(),
     };
     let job = build_profile(&s, filter, event, t0, t1, header, |p| {
         crate::pprof::encode_gzip(&p)

@@ -204,6 +204,7 @@ async fn agent_main(
         }
         None => None,
     };
+    let go = crate::golabels::GoLabeling::from_capture(&mut capture, args.go_goid);
     capture.attach()?;
 
     let node = args
@@ -308,6 +309,9 @@ async fn agent_main(
     let mut ingest = Ingest::new(Box::new(KubeLabeler(kube)));
     if let Some(w) = tables {
         ingest.set_tables(w);
+    }
+    if let Some(g) = go {
+        ingest.set_go(g);
     }
     let mut sink = capture_loop::sink(ingest, shared.clone());
     let reason = capture.run_until(stop, &mut sink).await?;

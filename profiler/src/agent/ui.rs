@@ -264,6 +264,7 @@ impl ProfileSource for WindowSource {
                 lost: 0,
                 truncated: 0,
                 rate_limited: 0,
+                notes: Vec::new(),
                 bpf_run_ns: 0,
                 bpf_run_cnt: 0,
             };

@@ -65,6 +65,7 @@ fn window_job(shared: &Shared, sym: &mut SymState, t0: u64, t1: u64, lost: u64) 
         bpf_run_ns: 0,
         bpf_run_cnt: 0,
         rate_limited: 0,
+        notes: Vec::new(),
     };
     let from = start_ns.div_euclid(1_000_000_000);
     let until = (start_ns + (t1 - t0) as i64)

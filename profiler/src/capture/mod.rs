@@ -327,6 +327,12 @@ impl Capture {
         self.unwinder.take()
     }
 
+    /// The `go_procs` map (Go processes whose records carry goroutine
+    /// labels), for [`crate::golabels::procs::GoProcs`]. Taken once.
+    pub fn take_go_procs(&mut self) -> Option<aya::maps::Map> {
+        self.bpf.take_map(abi::MAP_GO_PROCS)
+    }
+
     /// Drains samples into `sink` until `stop` completes (its output is
     /// the returned reason) or the sink's tick asks to stop. The sink's
     /// tick runs a few times a second, right after a drain, with the
@@ -509,6 +515,7 @@ pub(crate) fn test_sample(pid: u32, tid: u32, time_ns: u64, user: &[u64], comm: 
         kernel_stack: [0; abi::MAX_FRAMES],
         state: abi::STATE_ON_CPU,
         syscall: -1,
+        go: abi::GoLabels::default(),
     };
     s.user_stack[..user.len()].copy_from_slice(user);
     s.comm[..comm.len()].copy_from_slice(comm.as_bytes());

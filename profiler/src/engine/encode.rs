@@ -57,6 +57,8 @@ pub struct Header {
     pub bpf_run_cnt: u64,
     /// Off-CPU waits the per-CPU rate limit did not record.
     pub rate_limited: u64,
+    /// More comments (what the Go label walk dropped or cut).
+    pub notes: Vec<String>,
 }
 
 /// Which labels samples carry.
@@ -93,8 +95,8 @@ pub fn build(
     // Deterministic output: same capture, same bytes.
     sorted.sort_by(|a, b| {
         let (x, y) = (&a.key, &b.key);
-        (x.proc, x.tid, x.state, &x.user, &x.kernel, a.samples)
-            .cmp(&(y.proc, y.tid, y.state, &y.user, &y.kernel, b.samples))
+        (x.proc, x.tid, x.state, &x.user, &x.kernel, &x.go, a.samples)
+            .cmp(&(y.proc, y.tid, y.state, &y.user, &y.kernel, &y.go, b.samples))
     });
     for s in sorted {
         let mut ids = Vec::with_capacity(s.key.kernel.len() + s.user.len());
@@ -185,6 +187,11 @@ fn sample_labels(
                 labels.push(b.str_label(k, v));
             }
         }
+    }
+    // Go's pprof labels as string labels, as Go's own CPU profile has
+    // them (and `goid` with --go-goid).
+    if let Some(go) = &s.key.go {
+        labels.extend(go.pprof_labels(b));
     }
     labels
 }
@@ -301,6 +308,9 @@ fn write_header(b: &mut ProfileBuilder, h: &Header) {
             "bpf_run_time_ns={} bpf_run_count={}",
             h.bpf_run_ns, h.bpf_run_cnt
         ));
+    }
+    for n in &h.notes {
+        b.comment(n);
     }
 }
 

@@ -34,6 +34,7 @@ use profiler_ebpf::abi::Sample;
 use super::identity::{ProcKey, ProcMeta};
 use super::normalize::{MappingCache, UserMaps};
 use crate::capture::clock::mono_now;
+use crate::golabels::{GoLabelSet, GoLabeling};
 use crate::process::container::{self, Labels};
 use crate::process::events::ProcEvent;
 use crate::process::exits::{pidfd_open, ExitSet};
@@ -85,6 +86,9 @@ pub struct Ingested<'a> {
     /// The process's mapping epoch at the sample's time (see
     /// [`Process::epoch_at`]): part of the stack's identity.
     pub epoch: u32,
+    /// The goroutine's pprof labels (Go processes registered for them):
+    /// part of the stack's identity.
+    pub go: Option<Arc<GoLabelSet>>,
 }
 
 /// A stack's user frames as they go into profiles.
@@ -198,6 +202,8 @@ pub struct Ingest {
     /// Pids whose tables were loaded before the capture started.
     prewarmed: HashMap<u32, u64>,
     labeler: Box<dyn Labeler>,
+    /// Go processes' goroutine labels, when the front end asked for them.
+    go: Option<GoLabeling>,
     /// The live processes' pidfds, by pid. `None` if the kernel refused an
     /// epoll set: then exits are only noticed by pid reuse.
     exits: Option<ExitSet>,
@@ -218,6 +224,7 @@ impl Ingest {
             tables: None,
             prewarmed: HashMap::new(),
             labeler,
+            go: None,
             exits: ExitSet::new()
                 .map_err(|e| tracing::warn!("cannot watch processes for exit: {e}"))
                 .ok(),
@@ -238,6 +245,21 @@ impl Ingest {
     /// Hands new processes' unwind tables to `worker`.
     pub fn set_tables(&mut self, worker: TableWorker) {
         self.tables = Some(worker);
+    }
+
+    /// Reads Go processes' goroutine labels from here on: processes
+    /// snapshotted before the capture ([`Ingest::prewarm`]) are registered
+    /// now, the others at their first sample (and again after an exec).
+    pub fn set_go(&mut self, mut go: GoLabeling) {
+        for &pid in self.prewarmed.keys() {
+            go.procs.register(pid);
+        }
+        self.go = Some(go);
+    }
+
+    /// The Go label side, if set (for its counters).
+    pub fn go(&self) -> Option<&GoLabeling> {
+        self.go.as_ref()
     }
 
     /// Takes the table worker back (at the end of a capture).
@@ -304,6 +326,7 @@ impl Ingest {
             }
             None => self.register(key, s.comm(), s.time_ns),
         }
+        let go = self.go.as_mut().and_then(|g| g.decoder.decode(s));
         let p = self.live.get(&s.pid);
         let process = self.table.at(s.pid, s.time_ns);
         let maps_gen = process.map_or(0, |p| p.history.gen);
@@ -336,6 +359,7 @@ impl Ingest {
             state: super::state::ThreadState::of(s),
             maps_gen,
             epoch,
+            go,
         }
     }
 
@@ -388,6 +412,9 @@ impl Ingest {
         } else {
             Labels::default()
         };
+        if let (Some(g), true) = (&mut self.go, alive) {
+            g.procs.register(pid);
+        }
         if let (Some(w), Some(p), true) = (&self.tables, process, alive) {
             if self.prewarmed.remove(&pid).is_none() {
                 w.load(p);
@@ -428,6 +455,9 @@ impl Ingest {
         self.table.exited(pid, p.born_ns, mono_now());
         if let Some(w) = &self.tables {
             w.remove(pid);
+        }
+        if let Some(g) = &mut self.go {
+            g.procs.forget(pid);
         }
     }
 
@@ -504,6 +534,12 @@ impl Ingest {
             } => *pid,
             _ => return,
         };
+        if let (Some(g), ProcEvent::Comm { exec: true, .. }) = (&mut self.go, e) {
+            // Another program: Go with another layout, or not Go.
+            if self.live.get(&pid).is_some_and(|p| p.alive) {
+                g.procs.register(pid);
+            }
+        }
         // A target loaded before the capture may not have been sampled yet
         // (a dlopen after a sleep): it needs the new mappings' tables too.
         if self.live.get(&pid).is_some_and(|p| p.alive) || self.prewarmed.contains_key(&pid) {

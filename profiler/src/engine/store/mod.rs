@@ -22,6 +22,7 @@ use super::ingest::{Ingested, Normalized};
 use super::normalize::UserMaps;
 use super::resolve::ResolvedLoc;
 use super::state::ThreadState;
+use crate::golabels::GoLabelSet;
 
 /// What identifies one counted stack.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,6 +41,9 @@ pub struct StackKey {
     /// On CPU or which wait: the same frames running and waiting are two
     /// stacks.
     pub state: ThreadState,
+    /// The goroutine's pprof labels: the same frames under two label sets
+    /// are two stacks, as in Go's own CPU profile.
+    pub go: Option<Arc<GoLabelSet>>,
 }
 
 /// Where a store keeps one stack.
@@ -111,7 +115,15 @@ impl StackTable {
     /// Counts one sample, interning its stack if new.
     pub fn add(&mut self, s: &Ingested<'_>) -> Added {
         let key = s.meta.key;
-        let h = hash_stack(key, s.epoch, s.tid, s.state, &s.user, s.kernel);
+        let h = hash_stack(
+            key,
+            s.epoch,
+            s.tid,
+            s.state,
+            &s.user,
+            s.kernel,
+            s.go.as_deref(),
+        );
         let found = self.index.get(&h).and_then(|ids| {
             let same = |id: &StackId| {
                 self.slots[*id as usize].as_ref().is_some_and(|e| {
@@ -121,6 +133,7 @@ impl StackTable {
                         && e.key.state == s.state
                         && *e.key.user == *s.user
                         && *e.key.kernel == *s.kernel
+                        && e.key.go == s.go
                 })
             };
             match ids {
@@ -159,6 +172,7 @@ impl StackTable {
                 user: s.user.as_ref().into(),
                 kernel: s.kernel.into(),
                 state: s.state,
+                go: s.go.clone(),
             }),
             meta: s.meta.clone(),
             thread: String::from_utf8_lossy(s.thread).into(),
@@ -238,6 +252,7 @@ impl StackTable {
             e.key.state,
             &e.key.user,
             &e.key.kernel,
+            e.key.go.as_deref(),
         );
         match self.index.get_mut(&h) {
             Some(Ids::Many(v)) => {
@@ -298,6 +313,7 @@ fn hash_stack(
     state: ThreadState,
     user: &[u64],
     kernel: &[u64],
+    go: Option<&GoLabelSet>,
 ) -> u64 {
     const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
     let mut h: u64 = 0;
@@ -309,6 +325,7 @@ fn hash_stack(
     mix(user.len() as u64);
     user.iter().for_each(|&a| mix(a));
     kernel.iter().for_each(|&a| mix(a));
+    mix(go.map_or(0, GoLabelSet::hash));
     h
 }
 
@@ -357,6 +374,7 @@ mod tests {
             state: ThreadState::OnCpu,
             maps_gen: 0,
             epoch: 0,
+            go: None,
         }
     }
 
@@ -411,8 +429,8 @@ mod tests {
         let x = t.add(&ing(&a, 1, &[1]));
         let y = t.add(&ing(&a, 1, &[2]));
         // Force both under one hash bucket, as a collision would.
-        let hx = hash_stack(a.key, 0, 1, ThreadState::OnCpu, &[1], &[]);
-        let hy = hash_stack(a.key, 0, 1, ThreadState::OnCpu, &[2], &[]);
+        let hx = hash_stack(a.key, 0, 1, ThreadState::OnCpu, &[1], &[], None);
+        let hy = hash_stack(a.key, 0, 1, ThreadState::OnCpu, &[2], &[], None);
         t.index.remove(&hy);
         if let Some(Ids::One(id)) = t.index.remove(&hx) {
             t.index.insert(hx, Ids::Many(vec![id, y.id]));

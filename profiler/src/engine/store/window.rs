@@ -340,6 +340,7 @@ mod tests {
             state: Default::default(),
             maps_gen: 0,
             epoch: 0,
+            go: None,
         });
         if a.needs_norm {
             w.set_norm(
@@ -395,6 +396,7 @@ mod tests {
             state: Default::default(),
             maps_gen: 0,
             epoch: 0,
+            go: None,
         });
         assert!(a.needs_norm);
         let sel = w.select(&Filter::All, 0, 10);
