@@ -96,12 +96,40 @@ pub(crate) fn rip_refs(code: &[u8], vaddr: u64) -> Vec<RipRef> {
 
 /// The displacement of the first `mov %fs:DISP, reg` (8-byte load from an
 /// absolute FS-relative address) in `code`: where the runtime keeps `g`.
+///
+/// Position-independent executables load it through a register instead:
+/// `mov $DISP, %reg; mov %fs:(%reg), reg2` (the linker resolved the TLS
+/// offset to an immediate), which gives the same displacement.
 pub(crate) fn first_fs_load(code: &[u8]) -> Option<i64> {
-    // 64 REX.W 8B modrm(mod=00 rm=100) SIB(0x25: no base, no index) disp32
-    code.windows(9).find_map(|w| {
-        (w[0] == 0x64 && w[1] & 0xf8 == 0x48 && w[2] == 0x8b && w[3] & 0xc7 == 0x04 && w[4] == 0x25)
-            .then(|| disp(w, 5))
-            .flatten()
+    (0..code.len()).find_map(|i| {
+        let w = &code[i..];
+        // 64 REX.W 8B modrm(mod=00 rm=100) SIB(0x25: no base, no index) disp32
+        if w.len() >= 9
+            && w[0] == 0x64
+            && w[1] & 0xf8 == 0x48
+            && w[2] == 0x8b
+            && w[3] & 0xc7 == 0x04
+            && w[4] == 0x25
+        {
+            return disp(w, 5);
+        }
+        // REX.W C7 modrm(mod=11 reg=0 rm=r) imm32, then
+        // 64 REX.W 8B modrm(mod=00 rm=r): r neither 100 (SIB) nor 101.
+        if w.len() >= 11
+            && w[0] & 0xfe == 0x48
+            && w[1] == 0xc7
+            && w[2] & 0xf8 == 0xc0
+            && w[7] == 0x64
+            && w[8] & 0xf8 == 0x48
+            && (w[8] & 1) == (w[0] & 1)
+            && w[9] == 0x8b
+            && w[10] & 0xc0 == 0
+            && w[10] & 7 == w[2] & 7
+            && !matches!(w[2] & 7, 4 | 5)
+        {
+            return disp(w, 3);
+        }
+        None
     })
 }
 
@@ -137,5 +165,15 @@ mod tests {
         let code = [0x90, 0x64, 0x48, 0x8b, 0x04, 0x25, 0xf8, 0xff, 0xff, 0xff];
         assert_eq!(first_fs_load(&code), Some(-8));
         assert_eq!(first_fs_load(&[0x90; 12]), None);
+        // A PIE's: mov $0xfffffffffffffff8,%rcx; mov %fs:(%rcx),%rax
+        let pie = [
+            0x48, 0xc7, 0xc1, 0xf8, 0xff, 0xff, 0xff, 0x64, 0x48, 0x8b, 0x01, 0x48, 0x39,
+        ];
+        assert_eq!(first_fs_load(&pie), Some(-8));
+        // The load through another register than the one set: not it.
+        let other = [
+            0x48, 0xc7, 0xc1, 0xf8, 0xff, 0xff, 0xff, 0x64, 0x48, 0x8b, 0x02,
+        ];
+        assert_eq!(first_fs_load(&other), None);
     }
 }
