@@ -460,3 +460,47 @@ fn an_unknown_go_version_gets_no_labels_and_one_warning() {
         "the warning names the version:\n{stderr}"
     );
 }
+
+#[test]
+fn a_chain_the_procid_check_rejects_gives_no_labels_and_is_counted() {
+    let go = go127();
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("golabels");
+    build_go(&go, "golabels", &exe, &[]);
+    let mut t = Target::spawn(&exe, &["-seconds", "4", "-workers", "1", "-ready"]);
+    let out = dir.path().join("skewed.pb.gz");
+    // m.procid read 8 bytes off: what it finds there is not the thread's
+    // id, so the BPF program must trust nothing past it.
+    let o = record_pid_command(t.pid(), "3", &out, &["-F", HZ, "--user-only"])
+        .env("RPROF_BPF_TEST_GO_PROCID_SKEW", "8")
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    t.wait();
+    let p = load(&out);
+    let sp = Split::of(&p);
+    println!("{sp:?}");
+    assert!(sp.in_work >= MIN_OURS, "the loop was not profiled: {sp:?}");
+    assert_eq!(
+        sp.by_class[2], sp.total,
+        "labels through a rejected chain: {sp:?}"
+    );
+    let comment = p
+        .comment
+        .iter()
+        .map(|&i| p.str(i))
+        .find(|c| c.starts_with("go_labels:"))
+        .unwrap_or_else(|| panic!("no go_labels comment: {:?}", p.comment));
+    let mismatched: i64 = comment
+        .split("procid_mismatch=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    println!("{comment}");
+    assert!(
+        mismatched >= sp.in_work,
+        "every sample of the loop counted as a procid mismatch: {comment}"
+    );
+}

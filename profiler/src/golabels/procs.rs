@@ -164,11 +164,21 @@ fn config_of(l: &RuntimeLayout) -> Option<GoProc> {
         g_labels: u(o.g_labels)?,
         g_goid: u(o.g_goid)?,
         m_curg: u(o.m_curg)?,
-        m_procid: u(o.m_procid)?,
+        m_procid: u(o.m_procid)?.checked_add(procid_skew())?,
         format: if l.labels_are_map {
             abi::GO_LABELS_MAP
         } else {
             abi::GO_LABELS_SLICE
         },
     })
+}
+
+/// Bytes added to `m.procid`'s offset, from `RPROF_BPF_TEST_GO_PROCID_SKEW`:
+/// for tests only, which need a chain the check rejects in a real process
+/// (`tests/golabels.rs`). Zero unless set.
+fn procid_skew() -> u32 {
+    std::env::var("RPROF_BPF_TEST_GO_PROCID_SKEW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
