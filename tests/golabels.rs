@@ -62,8 +62,10 @@ const CLASSES: [Class; 3] = [Class::Alpha, Class::Beta, Class::None];
 
 /// The label keys a sample carries beyond our own process labels.
 fn go_labels<'a>(p: &'a Profile, s: &Sample) -> Vec<(&'a str, &'a str)> {
-    // The recorder's process labels, and the node labels the agent adds.
-    const OURS: [&str; 9] = [
+    // The recorder's process labels, the node labels the agent adds, and
+    // the off-CPU state.
+    const OURS: [&str; 10] = [
+        "thread_state",
         "pid",
         "tid",
         "thread",
@@ -503,4 +505,72 @@ fn a_chain_the_procid_check_rejects_gives_no_labels_and_is_counted() {
         mismatched >= sp.in_work,
         "every sample of the loop counted as a procid mismatch: {comment}"
     );
+}
+
+#[test]
+fn off_cpu_waits_carry_the_labels_of_the_goroutine_that_waits() {
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = String::new();
+    for (name, go, args) in [
+        ("go1.27-stripped", go127(), &["-ldflags=-s -w"][..]),
+        ("go1.19", go119(), &[][..]),
+    ] {
+        let exe = dir.path().join(name);
+        build_go(&go, "golabels", &exe, args);
+        let args = ["-seconds", "5", "-workers", "1", "-sleeper", "-ready"];
+        let mut t = Target::spawn(&exe, &args);
+        let out = dir.path().join(format!("{name}-off.pb.gz"));
+        let o = record_pid(t.pid(), "3", &out, &["--event", "off-cpu", "--user-only"]);
+        assert_ok(&o);
+        t.wait();
+        let p = load(&out);
+        // ns waited in main.sleeper's nanosleep, labelled and not; and the
+        // work functions' samples (run-queue waits), labelled as on CPU.
+        let (mut sleep_ns, mut unlabelled_ns, mut wrong) = (0i64, 0i64, Vec::new());
+        let mut scheduler_ns = 0i64;
+        for s in &p.sample {
+            let names = stack_names(&p, s);
+            let labels = go_labels(&p, s);
+            if names.iter().any(|n| n == "runtime.mcall") {
+                // The thread left the goroutine for the scheduler (its
+                // system call returned with no P free: exitsyscall0): it
+                // runs g0, m.curg is nil, and no labels are right, even
+                // though the frame walk continues into the goroutine's
+                // frames below mcall.
+                if !labels.is_empty() {
+                    wrong.push(format!("scheduler with {labels:?} {names:?}"));
+                }
+                scheduler_ns += s.value[1];
+            } else if names.iter().any(|n| n == "main.sleeper") {
+                match labels[..] {
+                    [("work", "sleep")] => sleep_ns += s.value[1],
+                    [] => {
+                        unlabelled_ns += s.value[1];
+                        println!("{name}: unlabelled wait {:?} {names:?}", s.value);
+                    }
+                    _ => wrong.push(format!("{labels:?} {names:?}")),
+                }
+            } else if let Some(want) = expected(&names) {
+                if class(&p, s) != want {
+                    wrong.push(format!("{labels:?} {names:?}"));
+                }
+            }
+        }
+        report += &format!(
+            "{name}: main.sleeper waited {:.2} s labelled work=sleep, {:.3} s unlabelled; threads in the scheduler {:.2} s, unlabelled\n",
+            sleep_ns as f64 / 1e9,
+            unlabelled_ns as f64 / 1e9,
+            scheduler_ns as f64 / 1e9
+        );
+        assert!(wrong.is_empty(), "{name}: mislabelled waits: {wrong:#?}");
+        // It waits in nanosleep most of the time, over a 3 s capture.
+        assert!(
+            sleep_ns > 1_000_000_000,
+            "{name}: {:.2} s of labelled waiting in 3 s",
+            sleep_ns as f64 / 1e9
+        );
+        assert_eq!(unlabelled_ns, 0, "{name}: unlabelled waits of main.sleeper");
+    }
+    println!("{report}");
 }
