@@ -42,6 +42,23 @@ struct {
 } go_procs SEC(".maps");
 
 /*
+ * Reserves the ring record of a sample of process `tgid`: for a registered
+ * Go process a struct rprof_go_sample, with *gp its layout and *gs the
+ * record; else a struct rprof_sample (*gp, *gs NULL). NULL if the ring is
+ * full.
+ */
+static __always_inline struct rprof_sample *go_reserve(__u32 tgid, struct rprof_go_proc **gp,
+						       struct rprof_go_sample **gs)
+{
+	*gs = NULL;
+	*gp = bpf_map_lookup_elem(&go_procs, &tgid);
+	if (!*gp)
+		return bpf_ringbuf_reserve(&samples, sizeof(struct rprof_sample), 0);
+	*gs = bpf_ringbuf_reserve(&samples, sizeof(struct rprof_go_sample), 0);
+	return *gs ? &(*gs)->s : NULL;
+}
+
+/*
  * One scratch slot per program that reads labels: a perf-event sample can
  * interrupt the sys_exit program, and the sweep (sleepable) can be
  * preempted by any of them on its CPU.

@@ -510,15 +510,9 @@ int rprof_offcpu_sweep(struct bpf_iter__task *ctx)
 	if (!w)
 		return 0;
 	__u32 tgid = task->tgid;
-	struct rprof_go_proc *gp = bpf_map_lookup_elem(&go_procs, &tgid);
-	struct rprof_go_sample *gs = NULL;
-	struct rprof_sample *s;
-	if (gp) {
-		gs = bpf_ringbuf_reserve(&samples, sizeof(*gs), 0);
-		s = gs ? &gs->s : NULL;
-	} else {
-		s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
-	}
+	struct rprof_go_proc *gp;
+	struct rprof_go_sample *gs;
+	struct rprof_sample *s = go_reserve(tgid, &gp, &gs);
 	if (!s) {
 		count_lost();
 		return 0;

@@ -408,15 +408,9 @@ int rprof_sample_stack(struct bpf_perf_event_data *ctx)
 		return 0;
 
 	/* A Go process's records carry its goroutine's labels (go.h). */
-	struct rprof_go_proc *gp = bpf_map_lookup_elem(&go_procs, &tgid);
-	struct rprof_go_sample *gs = NULL;
-	struct rprof_sample *s;
-	if (gp) {
-		gs = bpf_ringbuf_reserve(&samples, sizeof(*gs), 0);
-		s = gs ? &gs->s : NULL;
-	} else {
-		s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
-	}
+	struct rprof_go_proc *gp;
+	struct rprof_go_sample *gs;
+	struct rprof_sample *s = go_reserve(tgid, &gp, &gs);
 	if (!s) {
 		count_lost();
 		return 0;
