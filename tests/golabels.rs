@@ -64,9 +64,10 @@ const CLASSES: [Class; 3] = [Class::Alpha, Class::Beta, Class::None];
 
 /// The label keys a sample carries beyond our own process labels.
 fn go_labels<'a>(p: &'a Profile, s: &Sample) -> Vec<(&'a str, &'a str)> {
-    // The recorder's process labels, the node labels the agent adds, and
-    // the off-CPU state.
-    const OURS: [&str; 10] = [
+    // The recorder's process labels, the node labels the agent adds, the
+    // off-CPU state and the goroutine id (`--go-goid`).
+    const OURS: [&str; 11] = [
+        "goid",
         "thread_state",
         "pid",
         "tid",
@@ -597,4 +598,43 @@ fn off_cpu_waits_carry_the_labels_of_the_goroutine_that_waits() {
         assert_eq!(unlabelled_ns, 0, "{name}: unlabelled waits of main.sleeper");
     }
     println!("{report}");
+}
+
+#[test]
+fn go_goid_adds_the_goroutine_id() {
+    let go = go127();
+    let _lock = capture_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("golabels");
+    build_go(&go, "golabels", &exe, &["-ldflags=-s -w"]);
+    let mut t = Target::spawn(&exe, &["-seconds", "4", "-workers", "2", "-ready"]);
+    let out = dir.path().join("goid.pb.gz");
+    let o = record_pid(t.pid(), "3", &out, &["-F", HZ, "--user-only", "--go-goid"]);
+    assert_ok(&o);
+    t.wait();
+    let p = load(&out);
+    // Each worker goroutine has its own id, the same on all its samples;
+    // the labels are still there beside it.
+    let mut goids = std::collections::BTreeMap::new();
+    let mut without = 0;
+    for s in &p.sample {
+        let names = stack_names(&p, s);
+        if expected(&names).is_none() {
+            continue;
+        }
+        match num_label(&p, s, "goid") {
+            Some(id) => *goids.entry(id).or_insert(0i64) += s.value[0],
+            None => without += s.value[0],
+        }
+        assert_eq!(
+            Some(class(&p, s)),
+            expected(&names),
+            "{:?}",
+            go_labels(&p, s)
+        );
+    }
+    println!("samples of the loop by goid: {goids:?}, without: {without}");
+    assert_eq!(without, 0, "samples of the loop without a goid");
+    assert_eq!(goids.len(), 2, "two worker goroutines: {goids:?}");
+    assert!(goids.values().all(|&n| n >= 100), "{goids:?}");
 }
