@@ -259,10 +259,9 @@ impl GoLabel {
     }
 }
 
-/// One sample as the BPF program writes it: `struct rprof_sample`, then
-/// for processes registered as Go the labels of the goroutine
-/// (`struct rprof_go_sample`). [`Sample::from_bytes`] reads either; `go`
-/// is [`GoLabels::default`] (status [`GO_NONE`]) for the shorter one.
+/// One sample as the BPF program writes it (`struct rprof_sample`). The
+/// records of processes registered as Go are longer: a [`GoSample`], this
+/// followed by the goroutine's labels ([`GoLabels::from_record`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Sample {
@@ -288,41 +287,45 @@ pub struct Sample {
     pub state: u32,
     /// The syscall an off-CPU wait blocked in, else -1.
     pub syscall: i32,
-    /// The goroutine's labels (records of Go processes only).
+}
+
+/// A Go process's record (`struct rprof_go_sample`): the sample, then its
+/// goroutine's labels. Only its layout is used (the labels are read apart,
+/// so that other samples stay small).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoSample {
+    pub s: Sample,
     pub go: GoLabels,
 }
 
-/// Bytes of a record without labels (`sizeof(struct rprof_sample)`).
-pub const SAMPLE_BYTES: usize = std::mem::offset_of!(Sample, go);
+impl GoLabels {
+    /// The labels of a ring-buffer record, if it is a Go process's (longer
+    /// than a [`Sample`]).
+    pub fn from_record(bytes: &[u8]) -> Option<Box<GoLabels>> {
+        let at = std::mem::offset_of!(GoSample, go);
+        let b = bytes.get(at..at + std::mem::size_of::<GoLabels>())?;
+        // SAFETY: `b` is exactly as long as `GoLabels`, which is plain old
+        // data (every bit pattern is valid); read_unaligned has no
+        // alignment requirement.
+        Some(Box::new(unsafe {
+            std::ptr::read_unaligned(b.as_ptr().cast::<GoLabels>())
+        }))
+    }
+}
 
 impl Sample {
-    /// Reads a record from ring-buffer bytes: a sample, with labels if
-    /// the record has them. `None` if it is too short, which only a
+    /// Reads a record from ring-buffer bytes (its sample part, for a Go
+    /// process's longer record). `None` if it is too short, which only a
     /// kernel/user ABI mismatch could cause.
     pub fn from_bytes(bytes: &[u8]) -> Option<Sample> {
-        if bytes.len() >= std::mem::size_of::<Sample>() {
-            // SAFETY: the length is checked above, `Sample` is plain old
-            // data (every bit pattern is valid) and read_unaligned has no
-            // alignment requirement.
-            return Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Sample>()) });
-        }
-        if bytes.len() < SAMPLE_BYTES {
+        if bytes.len() < std::mem::size_of::<Sample>() {
             return None;
         }
-        let mut s = std::mem::MaybeUninit::<Sample>::uninit();
-        // SAFETY: the first SAMPLE_BYTES bytes of `Sample` are the short
-        // record, copied from a slice at least that long; the rest, `go`,
-        // is written right after, so every byte is initialized, and every
-        // bit pattern is a valid `Sample`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                s.as_mut_ptr().cast::<u8>(),
-                SAMPLE_BYTES,
-            );
-            std::ptr::addr_of_mut!((*s.as_mut_ptr()).go).write(GoLabels::default());
-            Some(s.assume_init())
-        }
+        // SAFETY: the length is checked above, `Sample` is plain old data
+        // (every bit pattern is valid) and read_unaligned has no alignment
+        // requirement.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Sample>()) })
     }
 
     /// The valid user frames, innermost first.
@@ -406,9 +409,9 @@ int main(void) {
         let c: String = String::from_utf8(out.stdout).unwrap();
 
         let rust = [
-            ("size", size_of::<Sample>().to_string()),
-            ("short", SAMPLE_BYTES.to_string()),
-            ("go", offset_of!(Sample, go).to_string()),
+            ("size", size_of::<GoSample>().to_string()),
+            ("short", size_of::<Sample>().to_string()),
+            ("go", offset_of!(GoSample, go).to_string()),
             (
                 "go_labels",
                 format!(

@@ -145,7 +145,7 @@ fn run<S: Store>(
         let now = first + i * step;
         sample.clone_from(&p.templates[k]);
         sample.time_ns = now;
-        engine.add(&sample);
+        engine.add(&sample, None);
         if i % (RATE / 5) == 0 {
             // The capture's 200 ms tick.
             engine.ingest.tick();
@@ -267,7 +267,6 @@ fn templates(pid: u32, rng: &mut Rng) -> Option<Proc> {
                 kernel_stack: [0; MAX_FRAMES],
                 state: 0,
                 syscall: -1,
-                go: Default::default(),
             };
             let depth = 16 + rng.below(25) as usize;
             for slot in s.user_stack.iter_mut().take(depth) {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::PerfEvent;
 use aya::{Ebpf, EbpfLoader};
-use profiler_ebpf::abi::{self, Sample};
+use profiler_ebpf::abi::{self, GoLabels, Sample};
 use tokio::io::unix::AsyncFd;
 
 use crate::process::events::{ProcEvent, ProcEvents};
@@ -119,8 +119,9 @@ pub enum StopReason {
 
 /// Where a capture hands its samples: the engine, wrapped by a front end.
 pub trait Sink {
-    /// One sample, as read from the ring buffer.
-    fn sample(&mut self, s: &Sample);
+    /// One sample, as read from the ring buffer, with its goroutine's
+    /// labels for a registered Go process's record.
+    fn sample(&mut self, s: &Sample, go: Option<&GoLabels>);
 
     /// One of the kernel's process events (fork, exec, mmap, exit), each
     /// before the samples read with it.
@@ -169,7 +170,7 @@ pub struct Capture {
     events: Option<ProcEvents>,
     /// Samples of one drain, held while the process events up to them are
     /// handed over first.
-    batch: Vec<Sample>,
+    batch: Vec<(Sample, Option<Box<GoLabels>>)>,
     /// The event actually in use (cycles may have fallen back to cpu-clock).
     pub event: Event,
     config: CaptureConfig,
@@ -409,9 +410,9 @@ impl Capture {
             ev.drain(|e| sink.event(e));
             self.stats.lost_events = ev.lost();
         }
-        for s in self.batch.drain(..) {
+        for (s, go) in self.batch.drain(..) {
             self.stats.samples += 1;
-            sink.sample(&s);
+            sink.sample(&s, go.as_deref());
         }
     }
 
@@ -469,10 +470,10 @@ impl Capture {
 }
 
 /// Takes every record now in the ring into `batch`.
-fn take(ring: &mut RingBuf<MapData>, batch: &mut Vec<Sample>) {
+fn take(ring: &mut RingBuf<MapData>, batch: &mut Vec<(Sample, Option<Box<GoLabels>>)>) {
     while let Some(item) = ring.next() {
         if let Some(s) = Sample::from_bytes(&item) {
-            batch.push(s);
+            batch.push((s, GoLabels::from_record(&item)));
         }
     }
 }
@@ -515,7 +516,6 @@ pub(crate) fn test_sample(pid: u32, tid: u32, time_ns: u64, user: &[u64], comm: 
         kernel_stack: [0; abi::MAX_FRAMES],
         state: abi::STATE_ON_CPU,
         syscall: -1,
-        go: abi::GoLabels::default(),
     };
     s.user_stack[..user.len()].copy_from_slice(user);
     s.comm[..comm.len()].copy_from_slice(comm.as_bytes());

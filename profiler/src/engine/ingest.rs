@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use profiler_ebpf::abi::Sample;
+use profiler_ebpf::abi::{GoLabels, Sample};
 
 use super::identity::{ProcKey, ProcMeta};
 use super::normalize::{MappingCache, UserMaps};
@@ -297,7 +297,8 @@ impl Ingest {
     }
 
     /// Identifies a sample's process and fixes up its user stack.
-    pub fn ingest<'a>(&mut self, s: &'a Sample) -> Ingested<'a> {
+    /// `go`: the goroutine's labels of a Go process's record.
+    pub fn ingest<'a>(&mut self, s: &'a Sample, go: Option<&GoLabels>) -> Ingested<'a> {
         self.stats.samples += 1;
         if s.flags & profiler_ebpf::abi::FLAG_USER_STACK_ERR != 0 {
             self.stats.user_stack_errors += 1;
@@ -326,7 +327,10 @@ impl Ingest {
             }
             None => self.register(key, s.comm(), s.time_ns),
         }
-        let go = self.go.as_mut().and_then(|g| g.decoder.decode(s));
+        let go = match (&mut self.go, go) {
+            (Some(g), Some(labels)) => g.decoder.decode(labels),
+            _ => None,
+        };
         let p = self.live.get(&s.pid);
         let process = self.table.at(s.pid, s.time_ns);
         let maps_gen = process.map_or(0, |p| p.history.gen);
@@ -649,8 +653,8 @@ mod tests {
         let me = std::process::id();
         let start = own_start_ns();
         let mut ing = Ingest::new(Box::new(CgroupLabeler));
-        let a = ing.ingest(&sample(me, start, &[0x10])).meta;
-        let b = ing.ingest(&sample(me, start, &[0x20])).meta;
+        let a = ing.ingest(&sample(me, start, &[0x10]), None).meta;
+        let b = ing.ingest(&sample(me, start, &[0x20]), None).meta;
         assert!(Arc::ptr_eq(&a, &b));
         assert!(a.start_ticks > 0, "matched against /proc");
         assert!(!a.comm.is_empty());
@@ -663,9 +667,9 @@ mod tests {
         let me = std::process::id();
         let start = own_start_ns();
         let mut ing = Ingest::new(Box::new(CgroupLabeler));
-        let a = ing.ingest(&sample(me, start, &[0x10])).meta;
+        let a = ing.ingest(&sample(me, start, &[0x10]), None).meta;
         let b = ing
-            .ingest(&sample(me, start + 10_000_000_000, &[0x10]))
+            .ingest(&sample(me, start + 10_000_000_000, &[0x10]), None)
             .meta;
         assert_ne!(a.key, b.key);
         assert!(a.exited(), "the old process is finished");
@@ -685,7 +689,7 @@ mod tests {
         let mut ing = Ingest::new(Box::new(CgroupLabeler));
         let here = marker();
         let s = sample(me, start, &[here, here, 0x8, here]);
-        let key = ing.ingest(&s).meta.key;
+        let key = ing.ingest(&s, None).meta.key;
         let n = ing.normalize(key, &[here, here, 0x8, here], 0);
         assert_eq!(n.maps.len(), 2, "cut at 0x8");
         assert!(n.truncated && !n.missed);
@@ -700,7 +704,7 @@ mod tests {
         let mut ing = Ingest::new(Box::new(CgroupLabeler));
         // A pid that does not exist: nothing is known of its mappings.
         let key = ing
-            .ingest(&sample(u32::MAX - 7, 5, &[0x10, 0x20, 0, 0x30]))
+            .ingest(&sample(u32::MAX - 7, 5, &[0x10, 0x20, 0, 0x30]), None)
             .meta
             .key;
         let n = ing.normalize(key, &[0x10, 0x20, 0, 0x30], 0);
@@ -720,7 +724,7 @@ mod tests {
         let ticks = crate::process::start_ticks(pid).unwrap();
         let start = (ticks as i128 * clock.tick_ns as i128 - clock.boot_minus_mono_ns) as u64;
         let mut ing = Ingest::new(Box::new(CgroupLabeler));
-        let meta = ing.ingest(&sample(pid, start, &[0x10])).meta;
+        let meta = ing.ingest(&sample(pid, start, &[0x10]), None).meta;
         assert!(ing.is_running(pid));
         child.kill().unwrap();
         child.wait().unwrap();
@@ -728,7 +732,7 @@ mod tests {
         assert!(!ing.is_running(pid), "exiting");
         assert!(!meta.exited(), "not finished before the next drain");
         // A late sample still finds its process.
-        let late = ing.ingest(&sample(pid, start, &[0x20])).meta;
+        let late = ing.ingest(&sample(pid, start, &[0x20]), None).meta;
         assert!(Arc::ptr_eq(&meta, &late));
         ing.tick();
         assert!(meta.exited());

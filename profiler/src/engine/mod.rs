@@ -35,7 +35,7 @@ pub mod store;
 
 use std::ops::ControlFlow;
 
-use profiler_ebpf::abi::Sample;
+use profiler_ebpf::abi::{GoLabels, Sample};
 
 use crate::capture::{CaptureStats, Sink, StopReason};
 use crate::process::events::ProcEvent;
@@ -55,8 +55,9 @@ impl<S: Store> Engine<S> {
 
     /// Counts one sample; a new stack is normalized (outside any lock the
     /// store may take).
-    pub fn add(&mut self, s: &Sample) {
-        let ing = self.ingest.ingest(s);
+    /// `go`: the goroutine's labels of a Go process's record.
+    pub fn add(&mut self, s: &Sample, go: Option<&GoLabels>) {
+        let ing = self.ingest.ingest(s, go);
         let added = self.store.add(&ing);
         if added.needs_norm {
             let norm = self.ingest.normalize(ing.meta.key, &ing.user, ing.time_ns);
@@ -79,8 +80,8 @@ pub struct Driven<S, F> {
 }
 
 impl<S: Store, F: FrontEnd<S>> Sink for Driven<S, F> {
-    fn sample(&mut self, s: &Sample) {
-        self.engine.add(s);
+    fn sample(&mut self, s: &Sample, go: Option<&GoLabels>) {
+        self.engine.add(s, go);
     }
 
     fn event(&mut self, e: &ProcEvent) {

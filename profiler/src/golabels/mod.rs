@@ -25,7 +25,7 @@ pub mod procs;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use profiler_ebpf::abi::{self, GoLabels, Sample};
+use profiler_ebpf::abi::{self, GoLabels};
 
 use crate::pprof::{Label, ProfileBuilder};
 
@@ -184,8 +184,7 @@ impl Decoder {
     /// The label set of a sample, if it has one. Records of processes not
     /// registered as Go, and of threads running no goroutine, have none;
     /// so do those whose chain or data failed a check (counted).
-    pub fn decode(&mut self, s: &Sample) -> Option<Arc<GoLabelSet>> {
-        let go = &s.go;
+    pub fn decode(&mut self, go: &GoLabels) -> Option<Arc<GoLabelSet>> {
         match go.status {
             abi::GO_OK => {}
             abi::GO_MISMATCH => {
@@ -262,12 +261,14 @@ fn text(b: &[u8]) -> Box<str> {
 mod tests {
     use super::*;
 
-    fn sample(status: u32, labels: &[(&str, &str)], goid: u64) -> Sample {
-        let mut s = crate::capture::test_sample(1, 1, 0, &[0x10], "t");
-        s.go.status = status;
-        s.go.goid = goid;
-        s.go.count = labels.len() as u16;
-        for (l, (k, v)) in s.go.labels.iter_mut().zip(labels) {
+    fn sample(status: u32, labels: &[(&str, &str)], goid: u64) -> GoLabels {
+        let mut s = GoLabels {
+            status,
+            goid,
+            count: labels.len() as u16,
+            ..GoLabels::default()
+        };
+        for (l, (k, v)) in s.labels.iter_mut().zip(labels) {
             l.key_len = k.len() as u32;
             l.value_len = v.len() as u32;
             let (kc, vc) = (k.len().min(abi::GO_KEY_LEN), v.len().min(abi::GO_VALUE_LEN));
