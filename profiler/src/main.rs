@@ -87,18 +87,8 @@ struct RecordArgs {
     unwind_rows: Option<u32>,
     /// Ring buffer size in KiB (a power of two, at least 4). Default: half
     /// a second of samples at the chosen frequency on every CPU.
-    #[arg(long, value_parser = parse_ring_kib)]
+    #[arg(long, value_parser = rprof_bpf::capture::ring::parse_ring_kib)]
     ring_size: Option<u32>,
-}
-
-fn parse_ring_kib(s: &str) -> Result<u32, String> {
-    let kib: u32 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of KiB"))?;
-    if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
-        return Err("the ring size must be a power of two between 4 and 1048576 KiB".into());
-    }
-    Ok(kib)
 }
 
 fn main() -> ExitCode {
@@ -195,9 +185,10 @@ fn record_main(a: RecordArgs) -> anyhow::Result<()> {
         debuginfod,
         output: a.output,
         quiet: a.quiet,
-        ring_bytes: a
-            .ring_size
-            .map_or_else(|| record::default_ring_bytes(a.frequency), |kib| kib * 1024),
+        ring_bytes: a.ring_size.map_or_else(
+            || rprof_bpf::capture::ring::default_ring_bytes(a.frequency),
+            |kib| kib * 1024,
+        ),
         unwind: a.unwind,
         unwind_rows: a.unwind_rows.unwrap_or_else(|| {
             let bytes = a

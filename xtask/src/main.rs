@@ -83,7 +83,15 @@ fn test() -> Result<()> {
             "-D",
             "warnings",
         ],
-        &["test", "--workspace", "--", "--test-threads=1"],
+        // --no-fail-fast: one failing test binary must not hide what the
+        // others would say.
+        &[
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--",
+            "--test-threads=1",
+        ],
     ];
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut skipped = Skipped::default();

@@ -187,7 +187,7 @@ async fn agent_main(
         event: args.event,
         kernel: !args.user_only,
         ring_bytes: args.ring_size.map_or_else(
-            || crate::record::ring_bytes_for(args.frequency, RING_MILLIS),
+            || crate::capture::ring::ring_bytes_for(args.frequency, RING_MILLIS),
             |kib| kib * 1024,
         ),
         unwind: args.unwind,
