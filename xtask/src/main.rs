@@ -39,7 +39,7 @@ fn run() -> Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask <bpf|deps|test|bench [--quick] [--agent-only] [--ui-only] [--offcpu-only] [--engine-only] [--big-tables-only] [--agent-seconds N]|fuzz [--seconds N] [--replay] [TARGET...]>"
+            "usage: cargo xtask <bpf|deps|test|bench [--quick] [--agent-only] [--ui-only] [--offcpu-only] [--engine-only] [--accuracy-only] [--big-tables-only] [--agent-seconds N]|fuzz [--seconds N] [--replay] [TARGET...]>"
         ),
     }
 }
