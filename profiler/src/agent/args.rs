@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::capture::{Event, Unwind};
+use crate::capture::Event;
 
 use super::push::{AppNameFrom, PushPer};
 
@@ -115,14 +115,8 @@ pub struct AgentArgs {
     /// of samples from every CPU (1 MiB at 100 Hz on 2 CPUs).
     #[arg(long, value_parser = crate::capture::ring::parse_ring_kib)]
     pub ring_size: Option<u32>,
-    /// How user stacks are unwound: `auto` uses .eh_frame tables where a
-    /// binary has them (tables of binaries no process maps any more are
-    /// freed), frame pointers elsewhere.
-    #[arg(long, value_enum, default_value_t = Unwind::Auto)]
-    pub unwind: Unwind,
-    /// Rows in the kernel's unwind table (16 bytes each).
-    #[arg(long, default_value_t = profiler_ebpf::abi::MAX_UNWIND_ROWS, value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
-    pub unwind_rows: u32,
+    #[command(flatten)]
+    pub unwind: crate::unwind::options::UnwindArgs,
     /// How log lines are written to stderr: `text`, or `json` for log
     /// collectors (one object per line).
     #[arg(long, value_enum, default_value_t = crate::logging::LogFormat::Text)]
