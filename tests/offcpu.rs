@@ -282,15 +282,10 @@ fn key(frames: &[String]) -> String {
 #[test]
 fn per_stack_totals_agree_with_offcputime() {
     let _l = capture_lock();
-    let tool = Path::new("/usr/sbin/offcputime");
-    if !tool.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "offcputime is missing (run `cargo xtask deps`)"
-        );
-        eprintln!("SKIPPED: offcputime (libbpf-tools) not installed");
-        return;
-    }
+    let tool = harness::require(
+        PathBuf::from("/usr/sbin/offcputime"),
+        "offcputime (libbpf-tools)",
+    );
     let dir = tempfile::tempdir().unwrap();
     let (t, _) = start(dir.path());
     let out = dir.path().join("off.pb.gz");

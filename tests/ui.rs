@@ -181,13 +181,13 @@ fn assert_top_matches(c: &Chrome, file: &Path, args: &[&str]) -> usize {
     rows.len()
 }
 
-fn chrome() -> Option<Chrome> {
+fn chrome() -> Chrome {
     Chrome::start()
 }
 
 #[test]
 fn top_table_is_report_top_for_go_and_our_profiles() {
-    let Some(c) = chrome() else { return };
+    let c = chrome();
     for name in ["go-cpu.pb.gz", "rprof-go.pb.gz"] {
         let file = fixture(name);
         let server = Server::start(&[file.to_str().unwrap()]);
@@ -223,7 +223,7 @@ fn top_table_is_report_top_for_go_and_our_profiles() {
 
 #[test]
 fn filters_and_tags_in_the_url_give_report_top() {
-    let Some(c) = chrome() else { return };
+    let c = chrome();
     let file = fixture("rprof-go.pb.gz");
     let server = Server::start(&[file.to_str().unwrap()]);
     for (query, args) in [
@@ -259,7 +259,7 @@ fn filters_and_tags_in_the_url_give_report_top() {
 
 #[test]
 fn clicking_a_frame_zooms_into_it() {
-    let Some(c) = chrome() else { return };
+    let c = chrome();
     let server = Server::start(&[fixture("go-cpu.pb.gz").to_str().unwrap()]);
     c.open(&server.url("?view=flame"));
     let before = c.frames("flame");
@@ -338,7 +338,7 @@ fn matched_pct(p: &Profile, index: usize, re: &regex::Regex) -> f64 {
 
 #[test]
 fn search_highlights_and_sums_matches() {
-    let Some(c) = chrome() else { return };
+    let c = chrome();
     let file = fixture("go-cpu.pb.gz");
     let p = pprof::read_file(&file).unwrap();
     let server = Server::start(&[file.to_str().unwrap()]);
@@ -396,7 +396,7 @@ fn search_highlights_and_sums_matches() {
 
 #[test]
 fn heap_profile_switches_between_its_four_sample_types() {
-    let Some(c) = chrome() else { return };
+    let c = chrome();
     let file = fixture("go-heap.pb.gz");
     let server = Server::start(&[file.to_str().unwrap()]);
     c.open(&server.url(""));
@@ -448,7 +448,7 @@ fn grown_profile(dir: &Path) -> PathBuf {
 
 #[test]
 fn diff_colours_what_grew_red_and_what_shrank_blue() {
-    let Some(c) = chrome() else { return };
+    let c = chrome();
     let dir = tempfile::tempdir().unwrap();
     let new = grown_profile(dir.path());
     let base = fixture("go-cpu.pb.gz");
@@ -499,7 +499,7 @@ fn diff_colours_what_grew_red_and_what_shrank_blue() {
 
 #[test]
 fn callers_callees_and_source_views() {
-    let Some(c) = chrome() else { return };
+    let c = chrome();
     let dir = tempfile::tempdir().unwrap();
     // Copies of the Go profile whose main.go is where we have it, and
     // where nobody has it.
@@ -599,7 +599,7 @@ fn callers_callees_and_source_views() {
 
 #[test]
 fn screenshot_of_the_flame_graph_is_not_blank() {
-    let Some(c) = chrome() else { return };
+    let c = chrome();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&[fixture("rprof-go.pb.gz").to_str().unwrap()]);
     c.open(&server.url("?view=flame&search=main%5C.mix"));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use rprof_bpf::capture::{Event, Unwind};
+use rprof_bpf::capture::Event;
 use rprof_bpf::goruntime::cli::{GoProfileArgs, GoProfileKind, GoroutineArgs};
 use rprof_bpf::record::{self, RecordError, RecordOptions};
 
@@ -73,36 +73,16 @@ struct RecordArgs {
     /// No progress bar and no summary table.
     #[arg(short, long)]
     quiet: bool,
-    /// How user stacks are unwound: `auto` uses .eh_frame tables where a
-    /// binary has them and frame pointers elsewhere.
-    #[arg(long, value_enum, default_value_t = Unwind::Auto)]
-    unwind: Unwind,
-    /// Kernel memory for unwind tables (e.g. 64MiB), allocated up front;
-    /// the least used tables are evicted when it is full. Default: 1/32 of
-    /// RAM, from 32MiB to 128MiB.
-    #[arg(long, value_parser = rprof_bpf::unwind::loader::parse_memory)]
-    unwind_memory: Option<u64>,
-    /// The same budget in rows of 16 bytes (older spelling).
-    #[arg(long, conflicts_with = "unwind_memory", value_parser = clap::value_parser!(u32).range(2..=rprof_bpf::unwind::loader::MAX_ROWS as i64))]
-    unwind_rows: Option<u32>,
+    #[command(flatten)]
+    unwind: rprof_bpf::unwind::options::UnwindArgs,
     /// Ring buffer size in KiB (a power of two, at least 4). Default: half
     /// a second of samples at the chosen frequency on every CPU.
-    #[arg(long, value_parser = parse_ring_kib)]
+    #[arg(long, value_parser = rprof_bpf::capture::ring::parse_ring_kib)]
     ring_size: Option<u32>,
     /// Add each Go sample's goroutine id as a numeric `goid` label (high
     /// cardinality: one stack per goroutine).
     #[arg(long)]
     go_goid: bool,
-}
-
-fn parse_ring_kib(s: &str) -> Result<u32, String> {
-    let kib: u32 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of KiB"))?;
-    if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
-        return Err("the ring size must be a power of two between 4 and 1048576 KiB".into());
-    }
-    Ok(kib)
 }
 
 fn main() -> ExitCode {
@@ -199,16 +179,12 @@ fn record_main(a: RecordArgs) -> anyhow::Result<()> {
         debuginfod,
         output: a.output,
         quiet: a.quiet,
-        ring_bytes: a
-            .ring_size
-            .map_or_else(|| record::default_ring_bytes(a.frequency), |kib| kib * 1024),
-        unwind: a.unwind,
-        unwind_rows: a.unwind_rows.unwrap_or_else(|| {
-            let bytes = a
-                .unwind_memory
-                .unwrap_or_else(rprof_bpf::unwind::loader::default_memory);
-            rprof_bpf::unwind::loader::rows_for(bytes)
-        }),
+        ring_bytes: a.ring_size.map_or_else(
+            || rprof_bpf::capture::ring::default_ring_bytes(a.frequency),
+            |kib| kib * 1024,
+        ),
+        unwind: a.unwind.unwind,
+        unwind_rows: a.unwind.rows(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         go_goid: a.go_goid,
     };

@@ -365,27 +365,6 @@ fn report_stop(stop: StopReason, duration: Duration, lost: u64) {
     }
 }
 
-/// The ring buffer size that holds half a second of samples from every CPU
-/// at `frequency`: the reader drains it every 200 ms and is woken at a
-/// quarter full, so that leaves room for a busy moment without mapping
-/// megabytes nobody uses. A power of two between 256 KiB and 64 MiB.
-pub fn default_ring_bytes(frequency: u64) -> u32 {
-    ring_bytes_for(frequency, 500)
-}
-
-/// The ring buffer size that holds `millis` ms of samples from every CPU
-/// at `frequency`, as a power of two between 256 KiB and 64 MiB. Its
-/// pages are mapped twice into our address space (so a record can be read
-/// across the wrap), so each byte counts twice in our RSS once written.
-pub fn ring_bytes_for(frequency: u64, millis: u64) -> u32 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let record = std::mem::size_of::<profiler_ebpf::abi::Sample>() as u64 + 8;
-    let want = cpus * frequency.max(1) * record * millis / 1000;
-    want.clamp(256 << 10, 64 << 20)
-        .next_power_of_two()
-        .min(64 << 20) as u32
-}
-
 /// What `-o` asks for, by its extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputKind {

@@ -31,16 +31,13 @@ pub struct Chrome {
 }
 
 impl Chrome {
-    /// Starts Chromium, or None (after printing why) when it is not
-    /// installed and we are not in CI.
-    pub fn start() -> Option<Chrome> {
-        if !Path::new(CHROMIUM).exists() {
-            if std::env::var_os("CI").is_some() {
-                panic!("{CHROMIUM} is required in CI (cargo xtask deps installs it)");
-            }
-            println!("SKIPPED: no {CHROMIUM} (run cargo xtask deps)");
-            return None;
-        }
+    /// Starts Chromium. A missing browser is a broken install (`cargo xtask
+    /// deps` installs it), so it fails the test rather than skipping it.
+    pub fn start() -> Chrome {
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} is missing (run `cargo xtask deps`)"
+        );
         let profile = tempfile::tempdir().expect("a profile directory");
         let args: Vec<&OsStr> = [
             "--disable-component-update",
@@ -68,11 +65,11 @@ impl Chrome {
         let browser = Browser::new(opts).expect("starting headless Chromium");
         let tab = browser.new_tab().expect("a tab");
         tab.set_default_timeout(Duration::from_secs(60));
-        Some(Chrome {
+        Chrome {
             tab,
             browser,
             _profile: profile,
-        })
+        }
     }
 
     /// Opens `url` and waits until the page has drawn it.

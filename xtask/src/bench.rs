@@ -4,8 +4,10 @@
 //!
 //! `cargo xtask bench --agent-only [--agent-seconds N]` runs only the agent
 //! case and prints its table (BENCHMARKS.md is left alone); `--offcpu-only`
-//! likewise for the off-CPU storm (section 8), `--big-tables-only` for the
-//! big unwind tables case.
+//! likewise for the off-CPU storm (section 12), `--big-tables-only` for the
+//! big unwind tables case, `--accuracy-only` for the accuracy case (section
+//! 3), `--engine-only` for the replay and short-lived cases (9, 10), and
+//! `--ui-only` for the browser UI (8).
 //!
 //! The machine is noisy, so comparisons run their candidates in turns within
 //! one run, and report medians over the rounds and ratios.
@@ -171,6 +173,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let ui_only = args.iter().any(|a| a == "--ui-only");
     let offcpu_only = args.iter().any(|a| a == "--offcpu-only");
     let engine_only = args.iter().any(|a| a == "--engine-only");
+    let accuracy_only = args.iter().any(|a| a == "--accuracy-only");
     let agent_secs = match args.iter().position(|a| a == "--agent-seconds") {
         Some(i) => args
             .get(i + 1)
@@ -222,6 +225,12 @@ pub fn run(args: &[String]) -> Result<()> {
     if engine_only {
         engine::replay(&env, quick, &mut md)?;
         engine::short_lived(&env, &mut md)?;
+        println!("{md}");
+        return Ok(());
+    }
+    if accuracy_only {
+        accuracy(&env, if quick { 10 } else { 30 }, &mut md)?;
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
         println!("{md}");
         return Ok(());
     }

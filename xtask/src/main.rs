@@ -39,7 +39,7 @@ fn run() -> Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask <bpf|deps|test|bench [--quick] [--agent-only] [--ui-only] [--offcpu-only] [--engine-only] [--big-tables-only] [--agent-seconds N]|fuzz [--seconds N] [--replay] [TARGET...]>"
+            "usage: cargo xtask <bpf|deps|test|bench [--quick] [--agent-only] [--ui-only] [--offcpu-only] [--engine-only] [--accuracy-only] [--big-tables-only] [--agent-seconds N]|fuzz [--seconds N] [--replay] [TARGET...]>"
         ),
     }
 }
@@ -83,7 +83,15 @@ fn test() -> Result<()> {
             "-D",
             "warnings",
         ],
-        &["test", "--workspace", "--", "--test-threads=1"],
+        // --no-fail-fast: one failing test binary must not hide what the
+        // others would say.
+        &[
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--",
+            "--test-threads=1",
+        ],
     ];
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut skipped = Skipped::default();

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::capture::{Event, Unwind};
+use crate::capture::Event;
 
 use super::push::{AppNameFrom, PushPer};
 
@@ -117,16 +117,10 @@ pub struct AgentArgs {
     pub kube_api_interval: Duration,
     /// Ring buffer size in KiB (a power of two, at least 4). Default: 2 s
     /// of samples from every CPU (1 MiB at 100 Hz on 2 CPUs).
-    #[arg(long, value_parser = parse_ring_kib)]
+    #[arg(long, value_parser = crate::capture::ring::parse_ring_kib)]
     pub ring_size: Option<u32>,
-    /// How user stacks are unwound: `auto` uses .eh_frame tables where a
-    /// binary has them (tables of binaries no process maps any more are
-    /// freed), frame pointers elsewhere.
-    #[arg(long, value_enum, default_value_t = Unwind::Auto)]
-    pub unwind: Unwind,
-    /// Rows in the kernel's unwind table (16 bytes each).
-    #[arg(long, default_value_t = profiler_ebpf::abi::MAX_UNWIND_ROWS, value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
-    pub unwind_rows: u32,
+    #[command(flatten)]
+    pub unwind: crate::unwind::options::UnwindArgs,
     /// How log lines are written to stderr: `text`, or `json` for log
     /// collectors (one object per line).
     #[arg(long, value_enum, default_value_t = crate::logging::LogFormat::Text)]
@@ -178,16 +172,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .filter(|&v| v > 0)
         .ok_or_else(|| format!("{s:?}: must be more than zero and fit 64 bits"))
-}
-
-pub(crate) fn parse_ring_kib(s: &str) -> Result<u32, String> {
-    let kib: u32 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of KiB"))?;
-    if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
-        return Err("the ring size must be a power of two between 4 and 1048576 KiB".into());
-    }
-    Ok(kib)
 }
 
 #[cfg(test)]

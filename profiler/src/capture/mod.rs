@@ -9,6 +9,7 @@
 pub mod clock;
 mod event;
 mod offcpu;
+pub mod ring;
 
 pub use event::Event;
 

@@ -37,6 +37,10 @@ const G_DEAD_EXTRA: u32 = 11;
 const G_SCAN: u32 = 0x1000;
 /// More goroutines than this means we are not reading `allgs`.
 const MAX_GOROUTINES: u64 = 50_000_000;
+/// How many times a freeze is redone when a running goroutine's thread was
+/// caught outside the goroutine's stack, and how long it runs in between.
+const SETTLE_RETRIES: u32 = 5;
+const SETTLE_WAIT: Duration = Duration::from_millis(3);
 /// Labels read per goroutine, and bytes per key or value.
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_LEN: u64 = 4096;
@@ -64,12 +68,33 @@ pub(crate) fn capture(
     let allgs = p.var(Var::Allgs)?;
     let allglen = p.var(Var::Allglen)?;
     let max_pause = opts.max_pause.unwrap_or(Duration::from_millis(1000));
-    let frozen = if opts.no_pause {
-        None
-    } else {
-        Some(Frozen::freeze(p.pid)?)
+    // A running goroutine's stack is read from its thread's registers. A
+    // thread stopped inside a signal handler (Go preempts long-running
+    // goroutines with SIGURG every 10 ms) or on its system stack is not in
+    // the goroutine's code, and the goroutine's saved context is stale: let
+    // the process run a moment and stop it again, a few times at most.
+    let mut retries = 0;
+    let (frozen, read) = loop {
+        let frozen = if opts.no_pause {
+            None
+        } else {
+            Some(Frozen::freeze(p.pid)?)
+        };
+        let read = read_all(p, &layout, allgs, allglen, frozen.as_ref(), max_pause, opts);
+        let unsettled = read.as_ref().map_or(0, |r| r.1);
+        if unsettled == 0 || frozen.is_none() || retries == SETTLE_RETRIES {
+            break (frozen, read.map(|r| r.0));
+        }
+        retries += 1;
+        tracing::debug!(
+            pid = p.pid,
+            unsettled,
+            retries,
+            "threads off their goroutine's stack; stopping again"
+        );
+        drop(frozen);
+        std::thread::sleep(SETTLE_WAIT);
     };
-    let read = read_all(p, &layout, allgs, allglen, frozen.as_ref(), max_pause, opts);
     if let (Some(hold), Some(_)) = (opts.hold_pause, &frozen) {
         // Test hook: keep the process stopped, to test a SIGINT now.
         std::thread::sleep(hold.min(max_pause));
@@ -107,7 +132,9 @@ pub(crate) fn capture(
     ))
 }
 
-/// Reads every user goroutine.
+/// Reads every user goroutine; also says how many running goroutines had
+/// their thread stopped outside their stack (read from their stale saved
+/// context instead).
 fn read_all(
     p: &GoProcess,
     l: &Layout,
@@ -116,7 +143,7 @@ fn read_all(
     frozen: Option<&Frozen>,
     max_pause: Duration,
     opts: &CaptureOptions,
-) -> Result<Vec<G>, GoRuntimeError> {
+) -> Result<(Vec<G>, usize), GoRuntimeError> {
     let len = p.mem.u64(allglen)?;
     let slice = p.mem.read_vec(allgs, 24)?;
     let (ptr, slen, cap) = (word(&slice, 0), word(&slice, 8), word(&slice, 16));
@@ -148,6 +175,7 @@ fn read_all(
         .collect();
     let g_bytes = p.mem.read_many(&g_ranges);
     let mut walks: Vec<Walk> = Vec::new();
+    let mut unsettled = 0;
     let mut reasons: Option<Option<u64>> = None;
     let mut label_cache: std::collections::HashMap<u64, Labels> = std::collections::HashMap::new();
     for (i, g_read) in g_bytes.iter().enumerate() {
@@ -190,15 +218,17 @@ fn read_all(
         }
         let (mut pc, mut bp, mut sp, mut leaf_is_ip) =
             (at(l.g_sched_pc), at(l.g_sched_bp), at(l.g_sched_sp), false);
-        if status == G_RUNNING {
-            if let Some(regs) = frozen.and_then(|f| {
+        if status == G_RUNNING && frozen.is_some() {
+            let regs = frozen.and_then(|f| {
                 let m = at(l.g_m);
                 let tid = p.mem.u64(m.checked_add(l.m_procid)?).ok()?;
                 f.regs(i32::try_from(tid).ok()?)
-            }) {
-                if (lo..hi).contains(&regs.sp) {
+            });
+            match regs {
+                Some(regs) if (lo..hi).contains(&regs.sp) => {
                     (pc, bp, sp, leaf_is_ip) = (regs.ip, regs.bp, regs.sp, true);
                 }
+                _ => unsettled += 1,
             }
         }
         let base = if (lo..hi).contains(&sp) { sp } else { lo };
@@ -255,7 +285,7 @@ fn read_all(
         let snap = snap.as_deref().filter(|s| !s.is_empty());
         g.stack = unwind(p, w, snap, depth);
     }
-    Ok(out)
+    Ok((out, unsettled))
 }
 
 /// Where to start a goroutine's frame-pointer walk.

@@ -14,5 +14,6 @@ mod heat;
 mod kernel;
 pub mod leaf;
 pub mod loader;
+pub mod options;
 pub mod table;
 pub mod worker;

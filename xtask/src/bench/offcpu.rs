@@ -81,7 +81,7 @@ pub fn offcpu(env: &Env, rounds: usize, md: &mut String) -> Result<()> {
     let slow = |x: f64| 100.0 * (x / b - 1.0);
     writeln!(
         md,
-        "## 8. Off-CPU under a context-switch storm\n\n`perf bench sched pipe -l {LOOPS}` (two processes ping-ponging through pipes: two context switches and four syscalls per round trip), alone, with `rprof-bpf --event off-cpu` system-wide, and with libbpf-tools' `offcputime` system-wide; {rounds} rounds in turns, medians.\n"
+        "## 12. Off-CPU under a context-switch storm\n\n`perf bench sched pipe -l {LOOPS}` (two processes ping-ponging through pipes: two context switches and four syscalls per round trip), alone, with `rprof-bpf --event off-cpu` system-wide, and with libbpf-tools' `offcputime` system-wide; {rounds} rounds in turns, medians.\n"
     )?;
     writeln!(
         md,
