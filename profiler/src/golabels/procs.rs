@@ -126,7 +126,14 @@ fn exe_key(pid: u32) -> Option<ExeKey> {
 /// a known layout is warned about); `None` if nothing could be learnt (the
 /// process is gone or unreadable now).
 fn discover(pid: u32) -> Option<Known> {
-    match runtime_layout(pid) {
+    let t = std::time::Instant::now();
+    let layout = runtime_layout(pid);
+    tracing::debug!(
+        pid,
+        "Go labels: the layout of process {pid}'s executable took {:?}",
+        t.elapsed()
+    );
+    match layout {
         Ok(l) => Some(match config_of(&l) {
             Some(c) => Known::Layout(c),
             None => {
