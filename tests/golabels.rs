@@ -32,7 +32,7 @@ const WORKERS: &str = "2";
 /// deviate passes 4.5 sigma with probability 6.8e-6, so a sound profiler
 /// fails a run by chance about once in 8,000 runs. At a run's sample
 /// counts (5,000-14,000 of ours, 1,600-3,900 of Go's a build) that is
-/// 3.3-6.4 points a build, 1.8-2.7 pooled.
+/// 3.3-6.4 points a build, 1.5-2.7 pooled.
 const K: f64 = 4.5;
 
 /// Variance of Go's shares in units of the binomial variance of its
