@@ -482,7 +482,11 @@ fn big_tables_clang_compiles_reach_the_root() {
         compile().wait().unwrap();
         warmups += 1;
     }
-    // Measured: compiles that start with the tables in place.
+    // Measured: compiles that start with the tables in place. A new
+    // process is unwound with frame pointers until the capture tick after
+    // its first sample gives it its mapping list (up to 200 ms), so the
+    // compiles last a few seconds (the fixture uses std::regex) for that
+    // start to weigh a few percent, not the 15% it weighed for 1 s ones.
     let mut measured = Vec::new();
     for _ in 0..3 {
         let mut c = compile();

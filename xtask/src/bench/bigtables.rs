@@ -147,7 +147,7 @@ pub(super) fn big_tables(env: &Env, md: &mut String) -> Result<()> {
     let src = env.root.join("tests/fixtures/cxx/bigcompile.cpp");
     let _compiles = CompileLoop::start(clang, &src, &env.out.join("bigcompile.o"));
     std::thread::sleep(Duration::from_secs(2));
-    writeln!(md, "A system-wide capture of {SECS} s at 100 Hz while `clang++-19 -O2` compiles `tests/fixtures/cxx/bigcompile.cpp` over and over (about a second of CPU each). A clang process maps 47 MiB of unwind tables: libclang-cpp 1.35M rows, libLLVM 1.17M, libz3 0.39M, the C and C++ runtimes 70k. Root reached: share of clang's samples whose outermost frame is `_start`; the captures start cold, so building the tables (the first seconds) is included. Other processes on the machine are captured too and count in the tables.\n")?;
+    writeln!(md, "A system-wide capture of {SECS} s at 100 Hz while `clang++-19 -O2` compiles `tests/fixtures/cxx/bigcompile.cpp` over and over (a few seconds of CPU each). A clang process maps 47 MiB of unwind tables: libclang-cpp 1.35M rows, libLLVM 1.17M, libz3 0.39M, the C and C++ runtimes 70k. Root reached: share of clang's samples whose outermost frame is `_start`; the captures start cold, so building the tables (the first seconds) is included. Other processes on the machine are captured too and count in the tables.\n")?;
     writeln!(md, "| profiler | clang samples | clang root reached | stacks truncated at a garbage address (all processes) | BPF per run | unwind tables |\n| --- | --- | --- | --- | --- | --- |")?;
     let runs: [(&str, &[&str]); 3] = [
         ("rprof-bpf, default budget", &[]),
