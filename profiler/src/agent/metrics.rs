@@ -379,6 +379,13 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
     );
     metric(
         &mut o,
+        "rprof_agent_heap_in_use_bytes",
+        "gauge",
+        "Heap the allocator has handed out and not had back (live data; the resident memory adds what it keeps free).",
+        crate::engine::memory::heap_in_use().unwrap_or(0),
+    );
+    metric(
+        &mut o,
         "process_open_fds",
         "gauge",
         "Open file descriptors of the agent.",
