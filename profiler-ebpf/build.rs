@@ -8,6 +8,7 @@ fn main() {
         "bpf/abi.h",
         "bpf/profile.bpf.c",
         "bpf/offcpu.h",
+        "bpf/go.h",
     ] {
         println!("cargo:rerun-if-changed={f}");
     }

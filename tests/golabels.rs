@@ -578,7 +578,11 @@ fn off_cpu_waits_carry_the_labels_of_the_goroutine_that_waits() {
                 }
             } else if let Some(want) = expected(&names) {
                 if class(&p, s) != want {
-                    wrong.push(format!("{labels:?} {names:?}"));
+                    wrong.push(format!(
+                        "{labels:?} {:?} {:?} {names:?}",
+                        str_label(&p, s, "thread_state"),
+                        s.value
+                    ));
                 }
             }
         }
@@ -588,7 +592,11 @@ fn off_cpu_waits_carry_the_labels_of_the_goroutine_that_waits() {
             unlabelled_ns as f64 / 1e9,
             scheduler_ns as f64 / 1e9
         );
-        assert!(wrong.is_empty(), "{name}: mislabelled waits: {wrong:#?}");
+        let comments: Vec<&str> = p.comment.iter().map(|&i| p.str(i)).collect();
+        assert!(
+            wrong.is_empty(),
+            "{name}: mislabelled waits: {wrong:#?}\n{comments:#?}"
+        );
         // It waits in nanosleep most of the time, over a 3 s capture.
         assert!(
             sleep_ns > 1_000_000_000,

@@ -25,7 +25,12 @@
  *   in the agent): every target thread still off CPU gets a record of its
  *   wait so far, with its kernel stack and a frame-pointer walk of its user
  *   stack (bpf_copy_from_user_task; the table unwinder reads only the
- *   current task), and its clock restarts: nothing is counted twice.
+ *   current task), and its clock restarts: nothing is counted twice. The
+ *   program can sleep while it reads (a fault, mmap_lock), and the thread
+ *   can run meanwhile, changing its stack and goroutine under the reads:
+ *   the wait is claimed only after the reads, and only if the thread did not
+ *   come back on CPU (else the record is discarded, the wait left whole to
+ *   its switch-in).
  *
  * Sampling (Go's block-profile rule): with P the sampling period, a wait of
  * d >= P is kept with weight d, a shorter one with probability d/P and
@@ -47,6 +52,9 @@
 const volatile __u64 offcpu_period_ns = 10000000;
 /* Records and preemption unwinds per CPU per RPROF_OFFCPU_WINDOW_NS. */
 const volatile __u32 offcpu_budget = 50;
+
+/* One load the compiler neither repeats nor moves (the sweep's checks). */
+#define OFFCPU_READ_ONCE(x) (*(volatile __typeof__(x) *)&(x))
 
 #define PF_KTHREAD 0x00200000
 #define TASK_RUNNING 0
@@ -343,6 +351,22 @@ static __always_inline void offcpu_in(struct task_struct___offcpu *next, __u64 n
 		since = *epoch;
 		state = RPROF_STATE_OFF_CPU;
 		flags = RPROF_FLAG_SINCE_START;
+		t = bpf_task_storage_get(&offcpu_tasks, (struct task_struct *)next, 0,
+					 BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (!t)
+			return;
+		/*
+		 * A sweep may be reading this thread right now (it claims the
+		 * wait from the epoch, then checks the claim): taking the claim
+		 * back makes it discard its record. One it already sent left
+		 * its end here, and the state it saw: the wait goes on from it.
+		 */
+		__u64 claim = __sync_lock_test_and_set(&t->off_ns, 0);
+		if (claim && claim != *epoch) {
+			since = claim;
+			state = t->state;
+			flags = 0;
+		}
 	}
 	if (now <= since)
 		return;
@@ -481,15 +505,14 @@ int rprof_offcpu_sweep(struct bpf_iter__task *ctx)
 	struct offcpu_task *t = bpf_task_storage_get(&offcpu_tasks, (struct task_struct *)task, 0, 0);
 	__u64 since, flags = RPROF_FLAG_SWEPT;
 	__u32 state;
+	int fresh = 0;
 	if (t) {
-		since = t->off_ns;
+		since = OFFCPU_READ_ONCE(t->off_ns);
 		if (!since || now <= since)
 			return 0; /* on CPU */
-		/* A switch-in since we read it takes the wait: not ours. */
-		if (__sync_val_compare_and_swap(&t->off_ns, since, now) != since)
-			return 0;
 		state = t->state;
 	} else {
+		/* Never seen switching since the capture started. */
 		if (task->on_cpu)
 			return 0;
 		__u32 zero = 0;
@@ -500,21 +523,30 @@ int rprof_offcpu_sweep(struct bpf_iter__task *ctx)
 		state = task->__state == TASK_RUNNING ? RPROF_STATE_RUNQUEUE : RPROF_STATE_OFF_CPU;
 		flags |= RPROF_FLAG_SINCE_START;
 		t = bpf_task_storage_get(&offcpu_tasks, (struct task_struct *)task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-		if (t) {
-			t->state = state;
-			t->armed = NOT_ARMED;
-			__sync_lock_test_and_set(&t->off_ns, now);
-		}
+		if (!t)
+			return 0; /* its switch-in counts the wait from the epoch */
+		t->state = state;
+		t->armed = NOT_ARMED;
+		/* Claimed as if seen going off at the epoch; a switch-out since
+		 * (off_ns set) means it ran: the switches count it. */
+		if (__sync_val_compare_and_swap(&t->off_ns, 0, since) != 0)
+			return 0;
+		fresh = 1;
 	}
 	__u64 w = rule_weight(now - since, offcpu_period_ns, bpf_get_prandom_u32());
-	if (!w)
+	if (!w) {
+		/* Sampled out: nothing is read, the wait so far is spent. */
+		__sync_val_compare_and_swap(&t->off_ns, since, now);
 		return 0;
+	}
 	__u32 tgid = task->tgid;
 	struct rprof_go_proc *gp;
 	struct rprof_go_sample *gs;
 	struct rprof_sample *s = go_reserve(tgid, &gp, &gs);
 	if (!s) {
+		/* Counted as lost, so spent: never also sent later. */
 		count_lost();
+		__sync_val_compare_and_swap(&t->off_ns, since, now);
 		return 0;
 	}
 	s->flags = flags;
@@ -525,6 +557,18 @@ int rprof_offcpu_sweep(struct bpf_iter__task *ctx)
 	if (gs && gp)
 		go_labels(&gs->go, gp, (struct task_struct *)task, task->pid, (struct task_struct *)task,
 			  GO_SLOT_SWEEP);
+	/*
+	 * Only now is the wait ours: if the thread came back on CPU while we
+	 * read (a switch-in takes off_ns), what we read may be of its later
+	 * state, and its switch-in counts the whole wait instead.
+	 */
+	asm volatile("" ::: "memory");
+	if (OFFCPU_READ_ONCE(task->on_cpu) || __sync_val_compare_and_swap(&t->off_ns, since, now) != since) {
+		if (fresh)
+			__sync_val_compare_and_swap(&t->off_ns, since, 0);
+		bpf_ringbuf_discard(s, 0);
+		return 0;
+	}
 	bpf_ringbuf_submit(s, ring_wake_flags());
 	return 0;
 }
