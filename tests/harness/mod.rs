@@ -44,9 +44,23 @@ pub fn fixtures() -> PathBuf {
 
 /// The profiler binary under test. A `DEBUGINFOD_URLS` from the caller's
 /// environment is dropped: no test reaches a server it did not start.
+///
+/// The child gets SIGINT and SIGQUIT at their default action, as from a
+/// terminal: a suite started in the background (`cmd &` without job
+/// control) inherits both ignored, and the tests that interrupt a command
+/// mean Ctrl-C.
 pub fn rprof() -> Command {
+    use std::os::unix::process::CommandExt;
     let mut c = Command::new(env!("CARGO_BIN_EXE_rprof-bpf"));
     c.env_remove("DEBUGINFOD_URLS");
+    // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     c
 }
 
