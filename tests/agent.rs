@@ -898,19 +898,48 @@ fn push_to_pyroscope_ingest_with_retries() {
     );
     assert!(flat_share(&p, "hot_inner") > 0.9);
 
-    // The first two answers were 503: each of those profiles was sent again
-    // and accepted.
-    let all = seen.lock().unwrap().clone();
-    let failed: Vec<&Ingest> = all.iter().filter(|i| i.status == 503).collect();
-    assert_eq!(failed.len(), 2);
-    for f in failed {
-        assert!(
+    // The first two answers were 503: each of those profiles is sent again
+    // and accepted. Not necessarily before the profile found above: two
+    // workers push, and while one waits out its backoff (0.5 s, then 1 s)
+    // the other can push the fixture's next window, which a slow first
+    // window puts in the queue right behind the one refused. The backoff
+    // bounds the wait: with two refusals in all, every retry is sent
+    // within 1.5 s of its first attempt.
+    let retried = |all: &[Ingest]| {
+        all.iter().filter(|i| i.status == 503).all(|f| {
             all.iter()
-                .any(|i| i.status == 200 && i.query == f.query && i.body == f.body),
-            "503'd profile {:?} was not retried",
-            f.query
-        );
+                .any(|i| i.status == 200 && i.query == f.query && i.body == f.body)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !retried(&seen.lock().unwrap()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
     }
+    let all = seen.lock().unwrap().clone();
+    let history: Vec<String> = all
+        .iter()
+        .map(|i| {
+            format!(
+                "{} {} {}..{}",
+                i.status,
+                i.query.get("name").map_or("?", |s| s.as_str()),
+                i.query.get("from").map_or("?", |s| s.as_str()),
+                i.query.get("until").map_or("?", |s| s.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        all.iter().filter(|i| i.status == 503).count(),
+        2,
+        "requests:\n{}",
+        history.join("\n")
+    );
+    assert!(
+        retried(&all),
+        "a 503'd profile was not retried within 10 s; requests:\n{}\n{}",
+        history.join("\n"),
+        agent.log()
+    );
     // The agent counts a push once it has read the receiver's answer, which
     // can be just after the receiver recorded the request: poll briefly.
     let mut m = agent.metrics(&[]);

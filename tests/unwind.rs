@@ -9,54 +9,6 @@ use std::process::Command;
 use harness::*;
 use rprof_bpf::pprof::Profile;
 
-/// Functions where a complete user stack ends.
-const ROOTS: &[&str] = &[
-    "_start",
-    "__clone3",
-    "clone3",
-    "__clone",
-    "clone",
-    "runtime.goexit",
-    // A Go-created thread's system stack (g0) starts here: a TOPFRAME
-    // that zeroes rbp, so no unwinder goes past it (sysmon, idle Ms).
-    "runtime.mstart",
-    // The scheduler on g0, entered from a goroutine: Go 1.27 clears rbp
-    // here, as the goroutine below may resume on another thread (Go 1.19
-    // does not, and the walk goes on to the goroutine's runtime.goexit).
-    "runtime.mcall",
-];
-
-/// Share of samples whose outermost user frame is a thread root.
-fn root_share(p: &Profile) -> f64 {
-    let reached: i64 = p
-        .sample
-        .iter()
-        .filter(|s| {
-            stack_names(p, s)
-                .last()
-                .is_some_and(|n| ROOTS.contains(&n.as_str()))
-        })
-        .map(|s| s.value[0])
-        .sum();
-    reached as f64 / total(p, 0).max(1) as f64
-}
-
-/// Share of samples whose stack contains `chain` (leaf-first, consecutive
-/// after removing inlined duplicates is not needed: these are physical).
-fn chain_share(p: &Profile, chain: &[&str]) -> f64 {
-    let hit: i64 = p
-        .sample
-        .iter()
-        .filter(|s| {
-            let n = stack_names(p, s);
-            n.windows(chain.len())
-                .any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
-        })
-        .map(|s| s.value[0])
-        .sum();
-    hit as f64 / total(p, 0).max(1) as f64
-}
-
 fn profile(exe: &Path, args: &[&str], seconds: &str, extra: &[&str], out: &Path) -> Profile {
     let t = Target::spawn(exe, args);
     assert_ok(&record_pid(t.pid(), seconds, out, extra));

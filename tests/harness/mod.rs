@@ -633,6 +633,13 @@ pub const ROOTS: &[&str] = &[
     "__clone",
     "clone",
     "runtime.goexit",
+    // A Go-created thread's system stack (g0) starts here: a TOPFRAME
+    // that zeroes rbp, so no unwinder goes past it (sysmon, idle Ms).
+    "runtime.mstart",
+    // The scheduler on g0, entered from a goroutine: Go 1.27 clears rbp
+    // here, as the goroutine below may resume on another thread (Go 1.19
+    // does not, and the walk goes on to the goroutine's runtime.goexit).
+    "runtime.mcall",
 ];
 
 /// Share (0..1) of samples whose outermost user frame is a thread root.
